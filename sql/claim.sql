@@ -1,0 +1,23 @@
+-- Claim up to $2 due pending rows of endpoint $1, oldest first, under a lease
+-- of $3 seconds for relay $4. Autocommit: the row locks last only for this
+-- statement; the lease (status in_flight + lease_expires_at) is what keeps
+-- other relays away while the request is made. attempts is the fence: a
+-- write-back must name the attempt number it was claimed with.
+WITH due AS (
+    SELECT id
+      FROM webhook.outbox
+     WHERE endpoint_id = $1
+       AND status = 'pending'
+       AND next_attempt_at <= now()
+     ORDER BY next_attempt_at, id
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook.outbox o
+   SET status = 'in_flight',
+       attempts = o.attempts + 1,
+       lease_expires_at = now() + make_interval(secs => $3),
+       claimed_by = $4
+  FROM due
+ WHERE o.id = due.id
+RETURNING o.id, o.event_id, o.attempts, o.payload::text

@@ -1,0 +1,632 @@
+//! The config file (TOML): parsing, defaults and `validate()`. Every default is a
+//! named constant below, and `docs/configuration.md` lists them all.
+//!
+//! Values are checked while they are parsed (durations, URLs, event codes,
+//! secrets), so a bad value is reported with the line it stands on. Error
+//! messages never repeat a secret, a header value or a URL's password.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// Where the metrics, health and status API listen when `listen` is not given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
+/// How often the relay scans for due rows even when no NOTIFY arrived.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a claimed row stays `in_flight` before another relay may take it back.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// Most rows one claim statement takes for one endpoint.
+pub const DEFAULT_CLAIM_BATCH: u32 = 200;
+/// How long SIGINT/SIGTERM waits for requests in flight before releasing them.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Total deadline of one attempt: connect, send, headers and body excerpt.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts before a row becomes `dead`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+/// First retry delay; doubles each attempt, jittered.
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(5);
+/// Cap of the backoff.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
+/// Concurrent requests to one endpoint.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 32;
+/// Statuses that end delivery at once (the receiver said the endpoint is gone).
+pub const DEFAULT_NO_RETRY_STATUSES: &[u16] = &[410];
+/// Event codes the reference triggers (sql/triggers.sql) emit.
+pub const BUILTIN_EVENTS: &[&str] = &["user_credits_zero", "post_code_change", "add_credits"];
+
+/// Secret key material: at least this many bytes after base64 decoding.
+const SECRET_MIN_BYTES: usize = 24;
+/// Secret key material: at most this many bytes after base64 decoding.
+const SECRET_MAX_BYTES: usize = 64;
+/// Prefix of every Standard Webhooks secret.
+pub const SECRET_PREFIX: &str = "whsec_";
+
+/// A config problem, already worded for the operator (file, line, key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole config file, after defaults and validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Option<String>,
+    pub listen: SocketAddr,
+    pub relay_name: Option<String>,
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub claim_batch: u32,
+    pub shutdown_timeout: Duration,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// One `[[endpoint]]` table.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub name: String,
+    pub url: url::Url,
+    pub events: Vec<String>,
+    /// The current secret first, then `previous_secrets`; each signs every request.
+    pub secrets: Vec<Secret>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// Requests per second; `None` is unlimited.
+    pub rate_limit: Option<f64>,
+    pub burst: u32,
+    pub max_in_flight: u32,
+    pub headers: Vec<(String, String)>,
+    pub enabled: bool,
+    pub no_retry_statuses: Vec<u16>,
+}
+
+impl EndpointConfig {
+    /// The URL as it may be shown or stored: any password replaced.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Replaces a URL's password (if any) so it can be logged or stored.
+pub fn redact_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // set_password only fails for URLs that cannot have credentials, which
+        // is not the case here since one is present.
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+/// Decoded secret bytes. Debug never prints them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Parses `whsec_<base64>`; the error never contains the input.
+    pub fn parse(text: &str) -> Result<Secret, String> {
+        let Some(encoded) = text.strip_prefix(SECRET_PREFIX) else {
+            return Err(format!("a secret must start with {SECRET_PREFIX:?}"));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| format!("the part after {SECRET_PREFIX:?} is not valid base64"))?;
+        if !(SECRET_MIN_BYTES..=SECRET_MAX_BYTES).contains(&bytes.len()) {
+            return Err(format!(
+                "a secret must decode to {SECRET_MIN_BYTES} to {SECRET_MAX_BYTES} bytes, this one has {}",
+                bytes.len()
+            ));
+        }
+        Ok(Secret(bytes))
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The `whsec_...` form, for `gen-secret` and test set-ups only.
+    pub fn encode(&self) -> String {
+        format!(
+            "{SECRET_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(&self.0)
+        )
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as written. Value types check themselves while parsing so that the
+// TOML parser reports their line.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database_url: Option<String>,
+    listen: Option<Spanned<String>>,
+    relay_name: Option<String>,
+    poll_interval: Option<Dur>,
+    lease: Option<Spanned<Dur>>,
+    claim_batch: Option<Spanned<u32>>,
+    shutdown_timeout: Option<Dur>,
+    #[serde(default)]
+    extra_events: Vec<EventCodeName>,
+    #[serde(default)]
+    endpoint: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    name: Spanned<String>,
+    url: HttpUrl,
+    events: Spanned<Vec<EventCodeName>>,
+    secret: Option<SecretText>,
+    secret_env: Option<Spanned<String>>,
+    #[serde(default)]
+    previous_secrets: Vec<SecretText>,
+    timeout: Option<Spanned<Dur>>,
+    max_attempts: Option<Spanned<u32>>,
+    retry_initial: Option<Dur>,
+    retry_max: Option<Spanned<Dur>>,
+    rate_limit: Option<Spanned<f64>>,
+    burst: Option<Spanned<u32>>,
+    max_in_flight: Option<Spanned<u32>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    enabled: Option<bool>,
+    no_retry_statuses: Option<Vec<Spanned<u16>>>,
+}
+
+/// A duration written as `"500ms"`, `"10s"`, `"1h"`.
+#[derive(Clone, Copy)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map(Dur).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: write a number and a unit, such as \"500ms\", \"10s\" or \"1h\""
+            ))
+        })
+    }
+}
+
+/// An event code: lower-case letters, digits and `_`.
+struct EventCodeName(String);
+
+impl<'de> Deserialize<'de> for EventCodeName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let ok = !text.is_empty()
+            && text.len() <= 100
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(EventCodeName(text))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "invalid event code {text:?}: use lower-case letters, digits and '_'"
+            )))
+        }
+    }
+}
+
+/// An absolute http(s) URL with a host.
+struct HttpUrl(url::Url);
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let url = url::Url::parse(text.trim())
+            .map_err(|e| serde::de::Error::custom(format!("invalid URL: {e}")))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(serde::de::Error::custom(format!(
+                "invalid URL: scheme must be http or https, not {:?}",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(serde::de::Error::custom("invalid URL: it has no host"));
+        }
+        Ok(HttpUrl(url))
+    }
+}
+
+/// A `whsec_...` string; its error message never contains the value.
+struct SecretText(Secret);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Secret::parse(&text)
+            .map(SecretText)
+            .map_err(|e| serde::de::Error::custom(format!("invalid secret: {e}")))
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates a config file. Environment variables named by
+    /// `secret_env` are read from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Parses and validates config text. `origin` names the file in messages;
+    /// `env` looks up environment variables (injected so tests need not touch
+    /// the process environment).
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| s.start);
+            ConfigError(located(text, origin, at, e.message().trim_end()))
+        })?;
+        let err = |at: usize, msg: String| ConfigError(located(text, origin, Some(at), &msg));
+
+        let listen = match &raw.listen {
+            None => DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid socket address"),
+            Some(l) => l.get_ref().parse().map_err(|_| {
+                err(
+                    l.span().start,
+                    format!(
+                        "{:?} is not an address such as \"127.0.0.1:9187\"",
+                        l.get_ref()
+                    ),
+                )
+            })?,
+        };
+
+        let mut known_events: HashSet<String> =
+            BUILTIN_EVENTS.iter().map(|s| s.to_string()).collect();
+        known_events.extend(raw.extra_events.iter().map(|e| e.0.clone()));
+
+        let mut endpoints = Vec::with_capacity(raw.endpoint.len());
+        let mut names = HashSet::new();
+        for ep in raw.endpoint {
+            let name_at = ep.name.span().start;
+            let name = ep.name.into_inner();
+            if name.trim().is_empty() || name.len() > 100 {
+                return Err(err(
+                    name_at,
+                    "an endpoint name must be 1 to 100 characters".into(),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(err(name_at, format!("duplicate endpoint name {name:?}")));
+            }
+            let events_at = ep.events.span().start;
+            let events: Vec<String> = ep.events.into_inner().into_iter().map(|e| e.0).collect();
+            if events.is_empty() {
+                return Err(err(
+                    events_at,
+                    format!("endpoint {name:?}: list at least one event code"),
+                ));
+            }
+            if let Some(unknown) = events.iter().find(|e| !known_events.contains(*e)) {
+                return Err(err(
+                    events_at,
+                    format!(
+                        "endpoint {name:?}: unknown event code {unknown:?} \
+                         (known: {}; declare your own in extra_events)",
+                        sorted(&known_events).join(", ")
+                    ),
+                ));
+            }
+
+            let mut secrets = Vec::new();
+            match (ep.secret, &ep.secret_env) {
+                (Some(_), Some(env_key)) => {
+                    return Err(err(
+                        env_key.span().start,
+                        format!(
+                            "endpoint {name:?}: give either \"secret\" or \"secret_env\", not both"
+                        ),
+                    ))
+                }
+                (Some(s), None) => secrets.push(s.0),
+                (None, Some(env_key)) => {
+                    let var = env_key.get_ref();
+                    let value = env(var).ok_or_else(|| {
+                        err(
+                            env_key.span().start,
+                            format!("endpoint {name:?}: environment variable {var} is not set"),
+                        )
+                    })?;
+                    let secret = Secret::parse(value.trim()).map_err(|e| {
+                        err(
+                            env_key.span().start,
+                            format!("endpoint {name:?}: environment variable {var} holds an invalid secret: {e}"),
+                        )
+                    })?;
+                    secrets.push(secret);
+                }
+                (None, None) => {
+                    return Err(err(
+                        name_at,
+                        format!("endpoint {name:?}: \"secret\" or \"secret_env\" is required"),
+                    ))
+                }
+            }
+            secrets.extend(ep.previous_secrets.into_iter().map(|s| s.0));
+
+            let timeout = ep
+                .timeout
+                .as_ref()
+                .map_or(DEFAULT_TIMEOUT, |d| d.get_ref().0);
+            if let Some(t) = &ep.timeout {
+                if t.get_ref().0.is_zero() {
+                    return Err(err(
+                        t.span().start,
+                        format!("endpoint {name:?}: must be more than 0"),
+                    ));
+                }
+            }
+            let max_attempts = match &ep.max_attempts {
+                None => DEFAULT_MAX_ATTEMPTS,
+                Some(m) if *m.get_ref() == 0 => {
+                    return Err(err(
+                        m.span().start,
+                        format!("endpoint {name:?}: must be at least 1"),
+                    ))
+                }
+                Some(m) => *m.get_ref(),
+            };
+            let retry_initial = ep.retry_initial.map_or(DEFAULT_RETRY_INITIAL, |d| d.0);
+            let retry_max = ep
+                .retry_max
+                .as_ref()
+                .map_or(DEFAULT_RETRY_MAX, |d| d.get_ref().0);
+            if retry_max < retry_initial {
+                let at = ep.retry_max.as_ref().map_or(name_at, |d| d.span().start);
+                return Err(err(
+                    at,
+                    format!("endpoint {name:?}: must not be less than retry_initial"),
+                ));
+            }
+            let rate_limit = match &ep.rate_limit {
+                None => None,
+                Some(r) if !(r.get_ref().is_finite() && *r.get_ref() > 0.0) => {
+                    return Err(err(
+                        r.span().start,
+                        format!(
+                            "endpoint {name:?}: must be a number of requests per second above 0"
+                        ),
+                    ))
+                }
+                Some(r) => Some(*r.get_ref()),
+            };
+            let burst = match &ep.burst {
+                Some(b) if *b.get_ref() == 0 => {
+                    return Err(err(
+                        b.span().start,
+                        format!("endpoint {name:?}: must be at least 1"),
+                    ))
+                }
+                Some(b) if rate_limit.is_none() => {
+                    return Err(err(
+                        b.span().start,
+                        format!("endpoint {name:?}: only means something with rate_limit"),
+                    ))
+                }
+                Some(b) => *b.get_ref(),
+                // One second's worth of requests, at least one.
+                None => rate_limit.map_or(1, |r| r.ceil().max(1.0) as u32),
+            };
+            let max_in_flight = match &ep.max_in_flight {
+                None => DEFAULT_MAX_IN_FLIGHT,
+                Some(m) if *m.get_ref() == 0 || *m.get_ref() > 10_000 => {
+                    return Err(err(
+                        m.span().start,
+                        format!("endpoint {name:?}: must be 1 to 10000"),
+                    ))
+                }
+                Some(m) => *m.get_ref(),
+            };
+            let mut headers = Vec::new();
+            for (key, value) in ep.headers {
+                let at = value.span().start;
+                if reqwest::header::HeaderName::from_bytes(key.as_bytes()).is_err() {
+                    return Err(err(
+                        at,
+                        format!("endpoint {name:?}: {key:?} is not a valid header name"),
+                    ));
+                }
+                if is_reserved_header(&key) {
+                    return Err(err(
+                        at,
+                        format!("endpoint {name:?}: {key:?} is set by the relay and cannot be overridden"),
+                    ));
+                }
+                if reqwest::header::HeaderValue::from_str(value.get_ref()).is_err() {
+                    return Err(err(
+                        at,
+                        format!(
+                            "endpoint {name:?}: the value of {key:?} is not a valid header value"
+                        ),
+                    ));
+                }
+                headers.push((key, value.into_inner()));
+            }
+            let no_retry_statuses = match ep.no_retry_statuses {
+                None => DEFAULT_NO_RETRY_STATUSES.to_vec(),
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for s in list {
+                        let code = *s.get_ref();
+                        if !(100..=599).contains(&code) || (200..300).contains(&code) {
+                            return Err(err(
+                                s.span().start,
+                                format!("endpoint {name:?}: {code} is not a non-2xx HTTP status"),
+                            ));
+                        }
+                        out.push(code);
+                    }
+                    out
+                }
+            };
+
+            endpoints.push(EndpointConfig {
+                name,
+                url: ep.url.0,
+                events,
+                secrets,
+                timeout,
+                max_attempts,
+                retry_initial,
+                retry_max,
+                rate_limit,
+                burst,
+                max_in_flight,
+                headers,
+                enabled: ep.enabled.unwrap_or(true),
+                no_retry_statuses,
+            });
+        }
+
+        let lease = raw.lease.as_ref().map_or(DEFAULT_LEASE, |l| l.get_ref().0);
+        // A claimed row waits at most for its turn under the rate limit (it
+        // already holds an in-flight slot) and then for one attempt. The lease
+        // must outlast that, or a second relay would send the row again.
+        for ep in &endpoints {
+            let queue_wait = ep
+                .rate_limit
+                .map_or(0.0, |r| f64::from(ep.max_in_flight) / r);
+            let needed = ep.timeout.as_secs_f64() + queue_wait + 5.0;
+            if lease.as_secs_f64() < needed {
+                let at = raw.lease.as_ref().map_or(0, |l| l.span().start);
+                return Err(err(
+                    at,
+                    format!(
+                        "{} is too short for endpoint {:?}, whose timeout plus rate-limit wait needs at least {}s",
+                        humantime::format_duration(lease),
+                        ep.name,
+                        needed.ceil()
+                    ),
+                ));
+            }
+        }
+
+        let claim_batch = match &raw.claim_batch {
+            None => DEFAULT_CLAIM_BATCH,
+            Some(c) if *c.get_ref() == 0 || *c.get_ref() > 10_000 => {
+                return Err(err(c.span().start, "must be 1 to 10000".into()))
+            }
+            Some(c) => *c.get_ref(),
+        };
+
+        Ok(Config {
+            database_url: raw.database_url,
+            listen,
+            relay_name: raw.relay_name,
+            poll_interval: raw.poll_interval.map_or(DEFAULT_POLL_INTERVAL, |d| d.0),
+            lease,
+            claim_batch,
+            shutdown_timeout: raw
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            endpoints,
+        })
+    }
+
+    /// The database URL by precedence: command-line flag, then `DATABASE_URL`,
+    /// then the file.
+    pub fn resolve_database_url(
+        &self,
+        flag: Option<&str>,
+        env: Option<&str>,
+    ) -> Result<String, ConfigError> {
+        flag.or(env)
+            .or(self.database_url.as_deref())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ConfigError(
+                    "no database: set database_url in the config file, DATABASE_URL, or --database-url"
+                        .into(),
+                )
+            })
+    }
+}
+
+/// The default config path when `--config` is not given.
+pub fn default_path() -> PathBuf {
+    PathBuf::from("relay.toml")
+}
+
+fn sorted(set: &HashSet<String>) -> Vec<String> {
+    let mut v: Vec<String> = set.iter().cloned().collect();
+    v.sort();
+    v
+}
+
+/// Headers the relay sets itself on every request.
+fn is_reserved_header(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "content-type",
+        "content-length",
+        "host",
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "transfer-encoding",
+        "connection",
+    ];
+    RESERVED.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// "relay.toml line 7 (secret): message" — the key is taken from the line's
+/// left-hand side; the value is never echoed, as it may be a secret.
+fn located(text: &str, origin: &str, at: Option<usize>, message: &str) -> String {
+    // One line per message: the TOML parser words some errors on two.
+    let message = message.trim().replace('\n', ", ");
+    let Some(at) = at.filter(|&a| a <= text.len()) else {
+        return format!("{origin}: {message}");
+    };
+    let line_no = text[..at].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(k) => format!("{origin} line {line_no} ({k}): {message}"),
+        None => format!("{origin} line {line_no}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+use super::*;
+
+const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "relay.toml", &no_env)
+}
+
+fn endpoint(extra: &str) -> String {
+    format!(
+        "[[endpoint]]\nname = \"crm\"\nurl = \"https://crm.example.com/hooks\"\nevents = [\"add_credits\"]\nsecret = \"{SECRET}\"\n{extra}\n"
+    )
+}
+
+fn error_of(text: &str) -> String {
+    parse(text).expect_err("config should be refused").0
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let cfg = parse(&endpoint("")).unwrap();
+    assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(cfg.poll_interval, DEFAULT_POLL_INTERVAL);
+    assert_eq!(cfg.lease, DEFAULT_LEASE);
+    let ep = &cfg.endpoints[0];
+    assert_eq!(ep.name, "crm");
+    assert_eq!(ep.timeout, DEFAULT_TIMEOUT);
+    assert_eq!(ep.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(ep.retry_initial, DEFAULT_RETRY_INITIAL);
+    assert_eq!(ep.retry_max, DEFAULT_RETRY_MAX);
+    assert_eq!(ep.rate_limit, None);
+    assert_eq!(ep.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+    assert_eq!(ep.no_retry_statuses, DEFAULT_NO_RETRY_STATUSES);
+    assert!(ep.enabled);
+    assert_eq!(ep.secrets.len(), 1);
+    assert_eq!(ep.secrets[0].encode(), SECRET);
+}
+
+#[test]
+fn every_endpoint_key_is_parsed() {
+    let cfg = parse(&format!(
+        "database_url = \"postgres://app@localhost/app\"\nlisten = \"127.0.0.1:9999\"\n{}",
+        endpoint(&format!(
+            "timeout = \"500ms\"\nmax_attempts = 3\nretry_initial = \"2s\"\nretry_max = \"1h\"\n\
+             rate_limit = 50.0\nburst = 10\nmax_in_flight = 4\nprevious_secrets = [\"{SECRET}\"]\n\
+             enabled = false\nno_retry_statuses = [410, 422]\n[endpoint.headers]\nX-Team = \"billing\"\n"
+        ))
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.database_url.as_deref(),
+        Some("postgres://app@localhost/app")
+    );
+    assert_eq!(cfg.listen.port(), 9999);
+    let ep = &cfg.endpoints[0];
+    assert_eq!(ep.timeout, Duration::from_millis(500));
+    assert_eq!(ep.max_attempts, 3);
+    assert_eq!(ep.retry_initial, Duration::from_secs(2));
+    assert_eq!(ep.retry_max, Duration::from_secs(3600));
+    assert_eq!(ep.rate_limit, Some(50.0));
+    assert_eq!(ep.burst, 10);
+    assert_eq!(ep.max_in_flight, 4);
+    assert_eq!(ep.secrets.len(), 2);
+    assert!(!ep.enabled);
+    assert_eq!(ep.no_retry_statuses, vec![410, 422]);
+    assert_eq!(
+        ep.headers,
+        vec![("X-Team".to_string(), "billing".to_string())]
+    );
+}
+
+#[test]
+fn syntax_error_names_the_line() {
+    let msg = error_of("listen = \"127.0.0.1:1\"\nthis is not toml\n");
+    assert!(msg.starts_with("relay.toml line 2"), "{msg}");
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_line() {
+    let msg = error_of(&endpoint("colour = \"blue\""));
+    assert!(msg.contains("line 6"), "{msg}");
+    assert!(msg.contains("unknown field `colour`"), "{msg}");
+    let msg = error_of("pol_interval = \"1s\"\n");
+    assert!(
+        msg.contains("line 1") && msg.contains("pol_interval"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_event_code_is_refused() {
+    let text = endpoint("").replace("[\"add_credits\"]", "[\"add_credits\", \"credits_gone\"]");
+    let msg = error_of(&text);
+    assert!(
+        msg.contains("line 4") && msg.contains("\"credits_gone\""),
+        "{msg}"
+    );
+    let ok = format!("extra_events = [\"credits_gone\"]\n{text}");
+    assert_eq!(parse(&ok).unwrap().endpoints[0].events.len(), 2);
+}
+
+#[test]
+fn bad_urls_are_refused() {
+    for (url, why) in [
+        ("not a url", "invalid URL"),
+        ("ftp://example.com/x", "scheme must be http or https"),
+        ("https://", "invalid URL"),
+    ] {
+        let text = endpoint("").replace("https://crm.example.com/hooks", url);
+        let msg = error_of(&text);
+        assert!(
+            msg.contains("line 3 (url)") && msg.contains(why),
+            "{url}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn bad_secrets_are_refused_without_echoing_them() {
+    let cases = [
+        ("C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "must start with"),
+        ("whsec_not*base64*at*all", "not valid base64"),
+        ("whsec_c2hvcnQ=", "24 to 64 bytes"),
+    ];
+    for (bad, why) in cases {
+        let msg = error_of(&endpoint("").replace(SECRET, bad));
+        assert!(
+            msg.contains("line 5 (secret)") && msg.contains(why),
+            "{msg}"
+        );
+        assert!(!msg.contains(bad), "the message repeats the secret: {msg}");
+    }
+    let long = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode([7u8; 65])
+    );
+    assert!(error_of(&endpoint("").replace(SECRET, &long)).contains("this one has 65"));
+}
+
+#[test]
+fn secret_env_is_read_and_checked() {
+    let text = endpoint("").replace(
+        &format!("secret = \"{SECRET}\""),
+        "secret_env = \"CRM_SECRET\"",
+    );
+    let env_ok = |name: &str| (name == "CRM_SECRET").then(|| SECRET.to_string());
+    let cfg = Config::parse(&text, "relay.toml", &env_ok).unwrap();
+    assert_eq!(cfg.endpoints[0].secrets[0].encode(), SECRET);
+
+    let msg = parse(&text).unwrap_err().0;
+    assert!(msg.contains("CRM_SECRET is not set"), "{msg}");
+
+    let env_bad = |_: &str| Some("whsec_short".to_string());
+    let msg = Config::parse(&text, "relay.toml", &env_bad).unwrap_err().0;
+    assert!(
+        msg.contains("invalid secret") && !msg.contains("whsec_short"),
+        "{msg}"
+    );
+
+    let both = format!("{}secret_env = \"X\"\n", endpoint(""));
+    assert!(error_of(&both).contains("not both"));
+    let neither = endpoint("").replace(&format!("secret = \"{SECRET}\""), "");
+    assert!(error_of(&neither).contains("is required"));
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let msg = error_of(&format!("{}{}", endpoint(""), endpoint("")));
+    assert!(
+        msg.contains("line 8 (name)") && msg.contains("duplicate endpoint name"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_durations_and_numbers_are_refused() {
+    let msg = error_of(&endpoint("timeout = \"soon\""));
+    assert!(
+        msg.contains("line 6 (timeout)") && msg.contains("invalid duration"),
+        "{msg}"
+    );
+    assert!(error_of(&endpoint("timeout = \"0s\"")).contains("more than 0"));
+    assert!(error_of(&endpoint("max_attempts = 0")).contains("at least 1"));
+    assert!(error_of(&endpoint("max_attempts = -1")).contains("line 6"));
+    assert!(error_of(&endpoint("rate_limit = 0.0")).contains("above 0"));
+    assert!(error_of(&endpoint("burst = 5")).contains("only means something with rate_limit"));
+    assert!(error_of(&endpoint("max_in_flight = 0")).contains("1 to 10000"));
+    assert!(
+        error_of(&endpoint("retry_initial = \"10s\"\nretry_max = \"1s\"")).contains("retry_max")
+    );
+    assert!(error_of(&endpoint("no_retry_statuses = [200]")).contains("not a non-2xx"));
+    assert!(error_of("listen = \"nowhere\"\n").contains("line 1 (listen)"));
+}
+
+#[test]
+fn reserved_and_invalid_headers_are_refused() {
+    let msg = error_of(&endpoint("[endpoint.headers]\nwebhook-signature = \"x\""));
+    assert!(msg.contains("cannot be overridden"), "{msg}");
+    let msg = error_of(&endpoint("[endpoint.headers]\n\"bad header\" = \"x\""));
+    assert!(msg.contains("not a valid header name"), "{msg}");
+}
+
+#[test]
+fn lease_must_outlast_an_attempt() {
+    let msg = error_of(&format!(
+        "lease = \"10s\"\n{}",
+        endpoint("timeout = \"30s\"")
+    ));
+    assert!(
+        msg.contains("line 1 (lease)") && msg.contains("too short"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn database_url_precedence_is_flag_then_env_then_file() {
+    let cfg = parse(&format!("database_url = \"file\"\n{}", endpoint(""))).unwrap();
+    assert_eq!(
+        cfg.resolve_database_url(Some("flag"), Some("env")).unwrap(),
+        "flag"
+    );
+    assert_eq!(cfg.resolve_database_url(None, Some("env")).unwrap(), "env");
+    assert_eq!(cfg.resolve_database_url(None, None).unwrap(), "file");
+    let bare = parse(&endpoint("")).unwrap();
+    assert!(bare.resolve_database_url(None, None).is_err());
+}
+
+#[test]
+fn urls_with_passwords_are_redacted_for_display() {
+    let cfg = parse(&endpoint("").replace("https://crm", "https://user:hunter2@crm")).unwrap();
+    let shown = cfg.endpoints[0].display_url();
+    assert!(
+        !shown.contains("hunter2") && shown.contains("***"),
+        "{shown}"
+    );
+}

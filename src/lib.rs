@@ -1,0 +1,15 @@
+//! outbox-relay: Postgres triggers write events into `webhook.outbox` inside
+//! the application's own transaction; this relay delivers them as signed
+//! webhooks, retries failures and writes each outcome back onto the row.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML config file, its defaults and validation.
+//! - [`db`]: connecting to Postgres.
+//! - [`migrate`]: embedded migrations, schema version check, endpoint mirror.
+//! - [`throwaway`]: a temporary Postgres cluster for the demo, benchmarks and tests.
+
+pub mod config;
+pub mod db;
+pub mod migrate;
+pub mod throwaway;

@@ -1,0 +1,127 @@
+//! The `outbox-relay` command line: parse, load config, set up logging, hand
+//! off to the library. Exit status: 0 success, 2 bad config or usage, 1 any
+//! other failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use outbox_relay::config::{self, Config, ConfigError};
+use outbox_relay::{db, migrate};
+
+#[derive(Parser)]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Turns Postgres outbox rows into signed webhooks"
+)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Database URL; overrides DATABASE_URL and the config file.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log level or filter (as RUST_LOG); overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the webhook schema migrations (idempotent); with a config, also
+    /// mirror its endpoints into webhook.endpoints.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, cli.log_level.as_deref());
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if let Some(cfg) = err.downcast_ref::<ConfigError>() {
+                eprintln!("outbox-relay: config error: {cfg}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("outbox-relay: {err:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Migrate => {
+            // A config is optional for migrate: without one, the schema only.
+            let cfg = match &cli.config {
+                Some(path) => Some(Config::load(path)?),
+                None if config::default_path().exists() => {
+                    Some(Config::load(&config::default_path())?)
+                }
+                None => None,
+            };
+            let url = database_url(&cli, cfg.as_ref())?;
+            runtime.block_on(async {
+                let mut client = db::connect_simple(&url).await?;
+                let applied = migrate::run_migrations(&mut client).await?;
+                if applied.is_empty() {
+                    println!(
+                        "webhook schema is up to date (version {})",
+                        migrate::expected_version()
+                    );
+                } else {
+                    for m in &applied {
+                        println!("applied {m}");
+                    }
+                }
+                if let Some(cfg) = &cfg {
+                    let ids = migrate::sync_endpoints(&mut client, &cfg.endpoints).await?;
+                    println!("synced {} endpoint(s) into webhook.endpoints", ids.len());
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+/// Flag, then DATABASE_URL, then the config file.
+fn database_url(cli: &Cli, cfg: Option<&Config>) -> Result<String> {
+    let env = std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty());
+    let flag = cli.database_url.as_deref();
+    match cfg {
+        Some(cfg) => Ok(cfg.resolve_database_url(flag, env.as_deref())?),
+        None => flag.map(str::to_owned).or(env).ok_or_else(|| {
+            ConfigError("no database: pass --database-url or set DATABASE_URL".into()).into()
+        }),
+    }
+}
+
+fn init_tracing(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: a real Postgres (throwaway cluster or TEST_DATABASE_URL),
+//! real HTTP receivers on 127.0.0.1, the real binary where a process matters.
+
+mod support;
+
+mod cli;
+mod schema;
+mod triggers;

@@ -1,0 +1,152 @@
+//! The relay's schema: migrations, the claim index, enqueue.
+
+use crate::support::TestDb;
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_versioned() {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    // The template is already migrated: a second run applies nothing.
+    let applied = outbox_relay::migrate::run_migrations(&mut c).await.unwrap();
+    assert!(applied.is_empty(), "{applied:?}");
+    outbox_relay::migrate::check_schema_version(&c)
+        .await
+        .unwrap();
+    for table in ["webhook.endpoints", "webhook.outbox", "webhook.attempts"] {
+        let exists: bool = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(exists, "{table}");
+    }
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_is_refused_with_advice() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute("DROP SCHEMA webhook CASCADE")
+        .await
+        .unwrap();
+    let err = outbox_relay::migrate::check_schema_version(&c)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("run `outbox-relay migrate`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn status_is_checked() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute("INSERT INTO webhook.endpoints (name, url, events) VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}')")
+        .await
+        .unwrap();
+    let err = c
+        .batch_execute(
+            "INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id, status)
+             SELECT 'evt_x', 'add_credits', '{}', endpoint_id, 'lost' FROM webhook.endpoints",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("check constraint"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn enqueue_routes_and_returns_the_event_id() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO webhook.endpoints (name, url, events) VALUES
+           ('one', 'http://127.0.0.1:1/', '{order_shipped}'),
+           ('two', 'http://127.0.0.1:1/', '{order_shipped,other}')",
+    )
+    .await
+    .unwrap();
+    let id: Option<String> = c
+        .query_one(
+            "SELECT webhook.enqueue('order_shipped', '{\"order\": 7}', 'o-7')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let id = id.expect("an event id");
+    let rows = c
+        .query(
+            "SELECT event_id, payload::text, ordering_key FROM webhook.outbox ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r.get::<_, String>(0), id);
+        assert_eq!(r.get::<_, String>(1), "{\"order\": 7}");
+        assert_eq!(r.get::<_, String>(2), "o-7");
+    }
+    let none: Option<String> = c
+        .query_one("SELECT webhook.enqueue('nobody_listens', '{}')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(none.is_none());
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM webhook.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn claiming_is_an_index_scan_whatever_the_delivered_history() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO webhook.endpoints (name, url, events) VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}');
+         INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id, status, attempts, delivered_at, created_at, next_attempt_at)
+         SELECT 'evt_' || g, 'add_credits', '{}', 1, 'delivered', 1, now(), now() - interval '1 day', now() - interval '1 day'
+           FROM generate_series(1, 200000) g;
+         INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id)
+         SELECT 'evt_p' || g, 'add_credits', '{}', 1 FROM generate_series(1, 50) g;
+         ANALYZE webhook.outbox;",
+    )
+    .await
+    .unwrap();
+    let sql = include_str!("../../sql/claim.sql");
+    c.batch_execute(&format!("PREPARE claim(int, int, float8, text) AS {sql}"))
+        .await
+        .unwrap();
+    let plan: Vec<String> = c
+        .query("EXPLAIN EXECUTE claim(1, 100, 30, 'test')", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("outbox_pending_due"),
+        "claim does not use the partial index:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan on outbox"),
+        "claim scans the table:\n{plan}"
+    );
+    // And it claims the pending rows only.
+    let rows = c
+        .query("EXECUTE claim(1, 100, 30, 'test')", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 50);
+}

@@ -1,0 +1,183 @@
+//! Test harness: one Postgres server per test binary (a throwaway cluster, or
+//! the server at TEST_DATABASE_URL), a migrated template database with the
+//! reference schema and triggers, and a fresh database per test cloned from it.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use outbox_relay::throwaway::{Cluster, ClusterOptions};
+use tokio_postgres::{Client, NoTls};
+
+pub const EXAMPLE_APP_SQL: &str = include_str!("../../sql/example_app.sql");
+pub const TRIGGERS_SQL: &str = include_str!("../../sql/triggers.sql");
+
+struct Server {
+    /// URL of the server with the database name left for `url_for`.
+    base: url::Url,
+    template: String,
+    prefix: String,
+    // Kept alive for the whole test binary; the cluster's reaper removes it
+    // when the process exits, also when tests fail.
+    _cluster: Option<Mutex<Cluster>>,
+}
+
+// A failed set-up is remembered, so that every test reports it at once
+// instead of each trying (and waiting) again.
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn server() -> &'static Server {
+    let server = SERVER.get_or_init(|| {
+        // Set-up runs on its own thread and runtime, since callers may be
+        // inside a test's runtime already.
+        std::thread::spawn(start_server).join().map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into())
+        })
+    });
+    match server {
+        Ok(server) => server,
+        Err(why) => panic!("the test Postgres could not be set up: {why}"),
+    }
+}
+
+fn start_server() -> Server {
+    let (base, cluster) = match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (
+            url::Url::parse(&url).expect("TEST_DATABASE_URL is a URL"),
+            None,
+        ),
+        _ => {
+            let cluster =
+                Cluster::start(ClusterOptions::default()).expect("starting a throwaway Postgres");
+            let url = url::Url::parse(&cluster.url("postgres")).expect("cluster URL");
+            (url, Some(Mutex::new(cluster)))
+        }
+    };
+    let prefix = format!("outbox_test_{}", std::process::id());
+    let template = format!("{prefix}_template");
+    let server = Server {
+        base,
+        template,
+        prefix,
+        _cluster: cluster,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin = connect(&server.url_for(server.base.path().trim_start_matches('/'))).await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", server.template))
+            .await
+            .expect("dropping a stale template database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", server.template))
+            .await
+            .expect("creating the template database");
+        let mut tpl = connect(&server.url_for(&server.template)).await;
+        outbox_relay::migrate::run_migrations(&mut tpl)
+            .await
+            .expect("migrating the template");
+        tpl.batch_execute(EXAMPLE_APP_SQL)
+            .await
+            .expect("sql/example_app.sql");
+        tpl.batch_execute(TRIGGERS_SQL)
+            .await
+            .expect("sql/triggers.sql");
+    });
+    server
+}
+
+impl Server {
+    fn url_for(&self, db: &str) -> String {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/{db}"));
+        url.to_string()
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connecting to the test server");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A database of its own for one test, cloned from the migrated template with
+/// the reference schema and triggers installed. Dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = server();
+        let name = format!(
+            "{}_{}",
+            server.prefix,
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin_url = server.url_for(server.base.path().trim_start_matches('/'));
+        let admin = connect(&admin_url).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The template may still show the set-up connection for a moment.
+            match admin
+                .batch_execute(&format!(
+                    "CREATE DATABASE {name} TEMPLATE {}",
+                    server.template
+                ))
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline && e.to_string().contains("being accessed") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("creating test database {name}: {e}"),
+            }
+        }
+        TestDb {
+            url: server.url_for(&name),
+            name,
+            admin_url,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; do the async work elsewhere.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&admin_url, NoTls).await.ok()?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
