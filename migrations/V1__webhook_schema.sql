@@ -46,6 +46,8 @@ CREATE INDEX outbox_pending_due ON webhook.outbox (endpoint_id, next_attempt_at,
 -- The rescuer's scan for expired leases.
 CREATE INDEX outbox_in_flight_lease ON webhook.outbox (lease_expires_at)
     WHERE status = 'in_flight';
+-- Dead rows per endpoint (metrics, DBA repair) without scanning the history.
+CREATE INDEX outbox_dead ON webhook.outbox (endpoint_id, id) WHERE status = 'dead';
 -- Look-ups by event id (status API, DBAs following one event across endpoints).
 CREATE INDEX outbox_event_id ON webhook.outbox (event_id);
 -- Per-endpoint history, newest first (status API paging, retention).
@@ -66,15 +68,15 @@ CREATE TABLE webhook.attempts (
 CREATE INDEX attempts_outbox ON webhook.attempts (outbox_id, attempt);
 CREATE INDEX attempts_started ON webhook.attempts (started_at);
 
--- The wake-up switch (docs/wakeup.md). An idle relay sets armed = true and
--- LISTENs; a writing transaction sends a NOTIFY only while armed, so that under
--- sustained writes (relay busy, armed = false) commits do not queue on the
--- cluster-wide lock that NOTIFY takes at commit.
+-- The wake-up switches (docs/wakeup.md), one per endpoint. A relay whose
+-- endpoint has nothing due sets armed = true and waits on LISTEN; a writing
+-- transaction sends a NOTIFY only when one of the endpoints it wrote for is
+-- armed. Under sustained writes the relay is busy, the switches are off, and
+-- commits do not queue on the cluster-wide lock that NOTIFY takes at commit.
 CREATE TABLE webhook.wakeup (
-    id    boolean PRIMARY KEY DEFAULT true CHECK (id),
-    armed boolean NOT NULL DEFAULT true
+    endpoint_id integer PRIMARY KEY REFERENCES webhook.endpoints (endpoint_id) ON DELETE CASCADE,
+    armed       boolean NOT NULL DEFAULT true
 );
-INSERT INTO webhook.wakeup DEFAULT VALUES;
 
 -- The generic entry point for triggers: one outbox row per enabled endpoint
 -- subscribed to event_code, all sharing one event_id. Returns the event id, or
@@ -85,25 +87,28 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     new_event_id text := 'evt_' || replace(gen_random_uuid()::text, '-', '');
-    inserted     integer;
+    endpoint_ids integer[];
 BEGIN
     IF event_code IS NULL OR payload IS NULL THEN
         RAISE EXCEPTION 'webhook.enqueue: event_code and payload must not be NULL';
     END IF;
 
-    INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id)
-    SELECT new_event_id, enqueue.event_code, enqueue.payload, enqueue.ordering_key, e.endpoint_id
-      FROM webhook.endpoints e
-     WHERE e.enabled AND enqueue.event_code = ANY (e.events);
-    GET DIAGNOSTICS inserted = ROW_COUNT;
-    IF inserted = 0 THEN
+    WITH ins AS (
+        INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id)
+        SELECT new_event_id, enqueue.event_code, enqueue.payload, enqueue.ordering_key, e.endpoint_id
+          FROM webhook.endpoints e
+         WHERE e.enabled AND enqueue.event_code = ANY (e.events)
+        RETURNING endpoint_id
+    )
+    SELECT array_agg(ins.endpoint_id) INTO endpoint_ids FROM ins;
+    IF endpoint_ids IS NULL THEN
         RETURN NULL;
     END IF;
 
-    -- Read after the INSERT on purpose: this transaction already has an xid when
-    -- it looks at the switch, which is what lets a relay that is arming wait for
-    -- it (see docs/wakeup.md).
-    IF (SELECT w.armed FROM webhook.wakeup w) THEN
+    -- A statement of its own, on purpose: under READ COMMITTED it reads the
+    -- switches with a snapshot taken after this transaction got its xid, which
+    -- is what lets a relay that is arming wait for it (docs/wakeup.md).
+    IF EXISTS (SELECT 1 FROM webhook.wakeup w WHERE w.endpoint_id = ANY (endpoint_ids) AND w.armed) THEN
         PERFORM pg_notify('webhook_outbox', '');
     END IF;
     RETURN new_event_id;

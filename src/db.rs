@@ -59,3 +59,112 @@ mod tests {
         );
     }
 }
+
+/// The statements the relay runs, prepared once per connection.
+pub struct Statements {
+    pub claim: tokio_postgres::Statement,
+    pub complete: tokio_postgres::Statement,
+    pub release: tokio_postgres::Statement,
+    pub rescue: tokio_postgres::Statement,
+    pub arm: tokio_postgres::Statement,
+    pub disarm: tokio_postgres::Statement,
+    pub snapshot: tokio_postgres::Statement,
+    pub settled: tokio_postgres::Statement,
+}
+
+/// A live connection and its prepared statements.
+pub struct Conn {
+    pub client: Client,
+    pub st: Statements,
+}
+
+/// One long-lived connection that reconnects on demand: callers ask for the
+/// current connection, and report failures so the next call reconnects.
+pub struct Db {
+    url: String,
+    current: tokio::sync::Mutex<Option<std::sync::Arc<Conn>>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Db {
+    pub fn new(url: String, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Db {
+        Db {
+            url,
+            current: tokio::sync::Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// The current connection, connecting (and preparing) if there is none.
+    pub async fn conn(&self) -> Result<std::sync::Arc<Conn>> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref() {
+            if !c.client.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        *current = None;
+        let result = async {
+            let (client, _driver) = connect(&self.url).await?;
+            let st = prepare(&client).await?;
+            Ok::<_, anyhow::Error>(std::sync::Arc::new(Conn { client, st }))
+        }
+        .await;
+        match result {
+            Ok(conn) => {
+                *current = Some(conn.clone());
+                self.metrics.set_db_ok(true);
+                Ok(conn)
+            }
+            Err(e) => {
+                self.metrics.set_db_ok(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records the outcome of a query: a failure marks the database down
+    /// (readiness) until a query works again.
+    pub fn report<T>(&self, result: &std::result::Result<T, tokio_postgres::Error>) {
+        match result {
+            Ok(_) => self.metrics.set_db_ok(true),
+            // An error the server answered with (or a bad parameter) says
+            // nothing about the connection; only a lost connection does.
+            Err(e) if is_connection_error(e) => self.metrics.set_db_ok(false),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Whether an error means the connection is gone (as opposed to a statement
+/// the server refused).
+pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    e.is_closed()
+        || (e.as_db_error().is_none() && e.source().is_some_and(|s| s.is::<std::io::Error>()))
+        || e.as_db_error().is_some_and(|db| {
+            // admin_shutdown, crash_shutdown, cannot_connect_now
+            matches!(db.code().code(), "57P01" | "57P02" | "57P03")
+        })
+}
+
+async fn prepare(client: &Client) -> Result<Statements> {
+    let p = |sql: &'static str| async move {
+        client.prepare(sql).await.with_context(|| {
+            format!(
+                "preparing {}",
+                sql.lines().find(|l| !l.starts_with("--")).unwrap_or(sql)
+            )
+        })
+    };
+    Ok(Statements {
+        claim: p(include_str!("../sql/claim.sql")).await?,
+        complete: p(include_str!("../sql/complete.sql")).await?,
+        release: p(include_str!("../sql/release.sql")).await?,
+        rescue: p(include_str!("../sql/rescue.sql")).await?,
+        arm: p(include_str!("../sql/arm.sql")).await?,
+        disarm: p(include_str!("../sql/disarm.sql")).await?,
+        snapshot: p(include_str!("../sql/snapshot.sql")).await?,
+        settled: p(include_str!("../sql/settled.sql")).await?,
+    })
+}

@@ -9,7 +9,17 @@
 //! - [`migrate`]: embedded migrations, schema version check, endpoint mirror.
 //! - [`throwaway`]: a temporary Postgres cluster for the demo, benchmarks and tests.
 
+pub mod completer;
 pub mod config;
 pub mod db;
+pub mod deliver;
+pub mod dispatcher;
+pub mod http;
+pub mod listener;
+pub mod metrics;
 pub mod migrate;
+pub mod relay;
+pub mod rescuer;
+pub mod retry;
+pub mod sign;
 pub mod throwaway;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use outbox_relay::config::{self, Config, ConfigError};
-use outbox_relay::{db, migrate};
+use outbox_relay::{db, migrate, relay, sign};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,10 @@ enum Command {
     /// Apply the webhook schema migrations (idempotent); with a config, also
     /// mirror its endpoints into webhook.endpoints.
     Migrate,
+    /// Run the relay daemon until SIGINT or SIGTERM.
+    Run,
+    /// Print a fresh endpoint secret (whsec_ + base64 of 32 random bytes).
+    GenSecret,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             })
+        }
+        Command::Run => {
+            let path = cli.config.clone().unwrap_or_else(config::default_path);
+            let cfg = Config::load(&path)?;
+            let url = database_url(&cli, Some(&cfg))?;
+            runtime.block_on(relay::run_until_signal(cfg, url))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenSecret => {
+            println!("{}", sign::generate_secret().encode());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

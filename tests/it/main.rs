@@ -4,5 +4,7 @@
 mod support;
 
 mod cli;
+mod delivery;
+mod receiver;
 mod schema;
 mod triggers;

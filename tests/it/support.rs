@@ -122,6 +122,11 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        // Relay logs appear in a failing test's output; RUST_LOG picks the level.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let server = server();
         let name = format!(
             "{}_{}",
@@ -179,5 +184,23 @@ impl Drop for TestDb {
             })
         })
         .join();
+    }
+}
+/// Waits until `check` returns Some, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

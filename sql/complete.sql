@@ -1,0 +1,33 @@
+-- Write back a batch of attempt outcomes and record each attempt, in one
+-- statement. The fence: a row is only updated while it is still in_flight
+-- under the attempt number it was claimed with, so a relay whose lease ran
+-- out cannot overwrite a newer claim's outcome; its attempt is not recorded.
+-- $1 ids, $2 attempt numbers, $3 new statuses, $4 start times, $5 durations
+-- (ms), $6 response statuses, $7 body excerpts, $8 errors, $9 next attempt
+-- times (NULL: unchanged), $10 relay name.
+WITH r AS (
+    SELECT *
+      FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::int[],
+                  $6::int[], $7::text[], $8::text[], $9::timestamptz[])
+           AS r(id, attempt, status, started_at, ms, response_status, response_body, error, next_attempt_at)
+), updated AS (
+    UPDATE webhook.outbox o
+       SET status = r.status,
+           response_status = r.response_status,
+           response_body = r.response_body,
+           response_ms = r.ms,
+           last_error = r.error,
+           delivered_at = CASE WHEN r.status = 'delivered'
+                               THEN r.started_at + r.ms * interval '1 millisecond' END,
+           next_attempt_at = coalesce(r.next_attempt_at, o.next_attempt_at),
+           lease_expires_at = NULL,
+           claimed_by = NULL
+      FROM r
+     WHERE o.id = r.id
+       AND o.attempts = r.attempt
+       AND o.status = 'in_flight'
+    RETURNING o.id
+)
+INSERT INTO webhook.attempts (outbox_id, attempt, started_at, duration_ms, response_status, response_body, error, relay)
+SELECT r.id, r.attempt, r.started_at, r.ms, r.response_status, r.response_body, r.error, $10
+  FROM r JOIN updated USING (id)

@@ -1,0 +1,23 @@
+-- Expired leases back to pending, at most $1 rows per run. The claim that
+-- expired still counts as an attempt: the request may have reached the
+-- receiver before its relay died, and a row that kills its relay every time
+-- must not be retried forever.
+WITH expired AS (
+    SELECT id
+      FROM webhook.outbox
+     WHERE status = 'in_flight'
+       AND lease_expires_at < now()
+     ORDER BY lease_expires_at
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook.outbox o
+   SET status = 'pending',
+       next_attempt_at = now(),
+       last_error = 'lease expired: relay ' || coalesce(o.claimed_by, '?')
+                    || ' reported no outcome (the request may have reached the receiver)',
+       lease_expires_at = NULL,
+       claimed_by = NULL
+  FROM expired
+ WHERE o.id = expired.id
+RETURNING o.id

@@ -1,0 +1,384 @@
+//! One loop per endpoint: wait for a free in-flight slot, claim due rows, hand
+//! each to a delivery task; when nothing is due, arm the endpoint's wake-up
+//! switch and wait for a NOTIFY, the poll timer or shutdown (docs/wakeup.md).
+//!
+//! Endpoints never share a queue or a slot, so a slow endpoint only ever
+//! holds up its own rows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::HeaderMap;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::completer::{Completion, Done};
+use crate::config::EndpointConfig;
+use crate::db::Db;
+use crate::deliver;
+use crate::metrics::{EndpointLabels, Metrics, OutcomeLabels};
+use crate::retry::{self, NextStep, RetryPolicy};
+
+/// Longest pause between two checks while waiting for writers that were in
+/// progress when the switch was armed.
+const SETTLE_MAX_DELAY: Duration = Duration::from_millis(50);
+
+/// An endpoint at run time: its config plus its limits.
+pub struct Endpoint {
+    pub id: i32,
+    pub cfg: EndpointConfig,
+    pub headers: HeaderMap,
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub slots: Arc<Semaphore>,
+    pub policy: RetryPolicy,
+}
+
+impl Endpoint {
+    pub fn new(id: i32, cfg: EndpointConfig) -> Endpoint {
+        let limiter = cfg.rate_limit.and_then(|rate| {
+            let burst = std::num::NonZeroU32::new(cfg.burst.max(1))?;
+            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))?.allow_burst(burst);
+            Some(RateLimiter::direct(quota))
+        });
+        Endpoint {
+            id,
+            headers: deliver::static_headers(&cfg),
+            limiter,
+            slots: Arc::new(Semaphore::new(cfg.max_in_flight as usize)),
+            policy: RetryPolicy {
+                max_attempts: cfg.max_attempts,
+                initial: cfg.retry_initial,
+                max: cfg.retry_max,
+                no_retry_statuses: cfg.no_retry_statuses.clone(),
+            },
+            cfg,
+        }
+    }
+}
+
+/// What every endpoint loop and delivery task shares.
+pub struct Shared {
+    pub db: Arc<Db>,
+    pub http: reqwest::Client,
+    pub done: mpsc::Sender<Done>,
+    pub metrics: Arc<Metrics>,
+    pub relay_name: String,
+    pub lease: Duration,
+    pub claim_batch: u32,
+    pub poll_interval: Duration,
+    /// Delivery tasks, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Stop claiming (graceful shutdown has begun).
+    pub stop_claiming: CancellationToken,
+    /// Give up on requests still in flight (the shutdown deadline passed).
+    pub abort_deliveries: CancellationToken,
+}
+
+/// A claimed row.
+struct Claimed {
+    id: i64,
+    event_id: String,
+    attempt: i32,
+    payload: String,
+}
+
+enum Wakeup {
+    /// Rows were found last time: the switch is (being) disarmed.
+    Busy,
+    /// Armed, waiting for writers that were in progress at arming to end.
+    Settling {
+        snapshot: String,
+        delay: Duration,
+        until: Instant,
+    },
+    /// Armed and settled: a NOTIFY will come for new rows.
+    Armed,
+}
+
+/// The loop for one endpoint; returns once `stop_claiming` is cancelled.
+pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watch::Receiver<u64>) {
+    let mut state = Wakeup::Busy;
+    let mut backoff = Duration::from_millis(50);
+    let stop = shared.stop_claiming.clone();
+    let want = shared.claim_batch.min(ep.cfg.max_in_flight) as usize;
+    loop {
+        // 1. At least one free slot; take as many more as are free now.
+        let first = tokio::select! {
+            p = ep.slots.clone().acquire_owned() => p.expect("endpoint semaphores are never closed"),
+            _ = stop.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while permits.len() < want {
+            match ep.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+
+        // 2. Claim (after the settle check, when settling).
+        let step = claim_step(&shared, &ep, &state, permits.len()).await;
+        let (settled, rows) = match step {
+            Ok(v) => {
+                backoff = Duration::from_millis(50);
+                v
+            }
+            Err(e) => {
+                drop(permits);
+                tracing::warn!(endpoint = %ep.cfg.name, error = %format!("{e:#}"), "claiming failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                state = Wakeup::Busy;
+                continue;
+            }
+        };
+
+        if !rows.is_empty() {
+            if !matches!(state, Wakeup::Busy) {
+                disarm(&shared, &ep);
+                state = Wakeup::Busy;
+            }
+            for (row, permit) in rows.into_iter().zip(permits) {
+                let (shared2, ep2) = (shared.clone(), ep.clone());
+                let span = tracing::info_span!("deliver", event_id = %row.event_id, endpoint = %ep.cfg.name, attempt = row.attempt);
+                shared
+                    .tracker
+                    .spawn(deliver_row(shared2, ep2, row, permit).instrument(span));
+            }
+            continue;
+        }
+        drop(permits);
+
+        // 3. Nothing due.
+        state = match state {
+            Wakeup::Busy => match arm(&shared, &ep).await {
+                Ok(snapshot) => Wakeup::Settling {
+                    snapshot,
+                    delay: Duration::from_millis(1),
+                    until: Instant::now() + shared.poll_interval,
+                },
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep.cfg.name, error = %format!("{e:#}"), "arming the wake-up failed; polling");
+                    Wakeup::Busy
+                }
+            },
+            Wakeup::Settling { .. } if settled == Some(true) => Wakeup::Armed,
+            Wakeup::Settling {
+                snapshot,
+                delay,
+                until,
+            } if Instant::now() < until => {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wake.changed() => {}
+                    _ = stop.cancelled() => break,
+                }
+                Wakeup::Settling {
+                    snapshot,
+                    delay: (delay * 2).min(SETTLE_MAX_DELAY),
+                    until,
+                }
+            }
+            // Still unsettled after a whole poll interval (a long transaction
+            // elsewhere): stop waiting for it; the poll timer covers it.
+            Wakeup::Settling { .. } | Wakeup::Armed => Wakeup::Armed,
+        };
+        if matches!(state, Wakeup::Armed) {
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(shared.poll_interval) => {
+                    // Another relay may have disarmed the switch while busy.
+                    if let Ok(conn) = shared.db.conn().await {
+                        let r = conn.client.execute(&conn.st.arm, &[&ep.id]).await;
+                        shared.db.report(&r);
+                    }
+                }
+                _ = stop.cancelled() => break,
+            }
+        }
+    }
+}
+
+/// The settle check (when settling) and the claim, in that order.
+async fn claim_step(
+    shared: &Shared,
+    ep: &Endpoint,
+    state: &Wakeup,
+    n: usize,
+) -> anyhow::Result<(Option<bool>, Vec<Claimed>)> {
+    let conn = shared.db.conn().await?;
+    let settled = match state {
+        Wakeup::Settling { snapshot, .. } => {
+            let r = conn.client.query_one(&conn.st.settled, &[snapshot]).await;
+            shared.db.report(&r);
+            Some(r?.get::<_, bool>(0))
+        }
+        _ => None,
+    };
+    let lease_secs = shared.lease.as_secs_f64();
+    let r = conn
+        .client
+        .query(
+            &conn.st.claim,
+            &[&ep.id, &(n as i64), &lease_secs, &shared.relay_name],
+        )
+        .await;
+    shared.db.report(&r);
+    let rows = r?
+        .into_iter()
+        .map(|r| Claimed {
+            id: r.get(0),
+            event_id: r.get(1),
+            attempt: r.get(2),
+            payload: r.get(3),
+        })
+        .collect();
+    Ok((settled, rows))
+}
+
+/// Arms the switch, then (after that has committed) takes the snapshot of
+/// transactions still in progress.
+async fn arm(shared: &Shared, ep: &Endpoint) -> anyhow::Result<String> {
+    let conn = shared.db.conn().await?;
+    let r = conn.client.execute(&conn.st.arm, &[&ep.id]).await;
+    shared.db.report(&r);
+    r?;
+    let r = conn.client.query_one(&conn.st.snapshot, &[]).await;
+    shared.db.report(&r);
+    Ok(r?.get(0))
+}
+
+/// Disarms the switch without waiting: the claim path must not pay a round
+/// trip for it, and a lost disarm only costs writers a NOTIFY.
+fn disarm(shared: &Arc<Shared>, ep: &Arc<Endpoint>) {
+    let (shared, ep) = (shared.clone(), ep.clone());
+    tokio::spawn(async move {
+        if let Ok(conn) = shared.db.conn().await {
+            let r = conn.client.execute(&conn.st.disarm, &[&ep.id]).await;
+            shared.db.report(&r);
+        }
+    });
+}
+
+/// Delivers one claimed row and reports the outcome to the completer.
+async fn deliver_row(
+    shared: Arc<Shared>,
+    ep: Arc<Endpoint>,
+    row: Claimed,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let send = |done: Done| {
+        let tx = shared.done.clone();
+        async move {
+            // The completer outlives every delivery task; a send can only fail
+            // if it died, and then the lease brings the row back.
+            let _ = tx.send(done).await;
+        }
+    };
+
+    if row.attempt as u32 > ep.cfg.max_attempts {
+        // Earlier claims expired without an outcome (their relays died).
+        send(Done::Attempted(Completion {
+            id: row.id,
+            attempt: row.attempt,
+            status: "dead",
+            started_at: SystemTime::now(),
+            ms: 0,
+            response_status: None,
+            response_body: None,
+            error: Some("gave up: max_attempts used up by claims whose lease expired".into()),
+            next_attempt_at: None,
+        }))
+        .await;
+        return;
+    }
+
+    if let Some(limiter) = &ep.limiter {
+        tokio::select! {
+            _ = limiter.until_ready() => {}
+            // Not started yet: give it back at once rather than wait.
+            _ = shared.stop_claiming.cancelled() => {
+                send(Done::Released { id: row.id, attempt: row.attempt }).await;
+                return;
+            }
+        }
+    }
+
+    let attempt = tokio::select! {
+        a = deliver::attempt(&shared.http, &ep.cfg, &ep.headers, &row.event_id, row.payload) => a,
+        _ = shared.abort_deliveries.cancelled() => {
+            tracing::info!("shutdown deadline passed mid-request; the row goes back to pending");
+            send(Done::Released { id: row.id, attempt: row.attempt }).await;
+            return;
+        }
+    };
+
+    let ms = attempt.elapsed.as_millis().min(i32::MAX as u128) as i32;
+    let endpoint_label = EndpointLabels {
+        endpoint: ep.cfg.name.clone(),
+    };
+    shared
+        .metrics
+        .attempt_seconds
+        .get_or_create(&endpoint_label)
+        .observe(attempt.elapsed.as_secs_f64());
+
+    let (status, next_attempt_at, error, outcome) = if attempt.delivered() {
+        tracing::debug!(status = attempt.status, ms, "delivered");
+        ("delivered", None, None, "delivered")
+    } else {
+        let error = attempt.error.clone().unwrap_or_default();
+        match retry::next_step(
+            &ep.policy,
+            row.attempt as u32,
+            attempt.status,
+            attempt.retry_after,
+            retry::jitter_unit(),
+        ) {
+            NextStep::Retry(delay) => {
+                tracing::info!(status = attempt.status, ms, error = %error, retry_in = %humantime::format_duration(delay), "attempt failed; will retry");
+                (
+                    "pending",
+                    Some(SystemTime::now() + delay),
+                    Some(error),
+                    "retry",
+                )
+            }
+            NextStep::Dead(reason) => {
+                tracing::warn!(status = attempt.status, ms, error = %error, reason, "attempt failed; giving up");
+                (
+                    "dead",
+                    None,
+                    Some(format!("{error}; gave up: {reason}")),
+                    "dead",
+                )
+            }
+        }
+    };
+    shared
+        .metrics
+        .attempts
+        .get_or_create(&OutcomeLabels {
+            endpoint: ep.cfg.name.clone(),
+            outcome,
+        })
+        .inc();
+    send(Done::Attempted(Completion {
+        id: row.id,
+        attempt: row.attempt,
+        status,
+        started_at: attempt.started_at,
+        ms,
+        response_status: attempt.status.map(i32::from),
+        response_body: attempt.body,
+        error,
+        next_attempt_at,
+    }))
+    .await;
+}

@@ -1,0 +1,149 @@
+//! Prometheus metrics and the readiness flags behind `/readyz`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub endpoint: String,
+    /// `delivered`, `retry` (failed, will be retried) or `dead`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RowLabels {
+    pub endpoint: String,
+    pub status: &'static str,
+}
+
+/// Everything the relay reports; shared by all tasks.
+pub struct Metrics {
+    registry: Registry,
+    pub attempts: Family<OutcomeLabels, Counter>,
+    pub attempt_seconds: Family<EndpointLabels, Histogram>,
+    pub rows: Family<RowLabels, Gauge>,
+    pub oldest_pending_seconds: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    pub released: Counter,
+    pub rescued: Counter,
+    pub database_up: Gauge,
+    pub listener_up: Gauge,
+    db_ok: AtomicBool,
+    listener_ok: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("outbox_relay");
+        let attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "attempts",
+            "Delivery attempts by endpoint and outcome (delivered, retry, dead)",
+            attempts.clone(),
+        );
+        let attempt_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            // 1 ms to about 33 s.
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "attempt_duration_seconds",
+            "Time from sending a request to its outcome",
+            attempt_seconds.clone(),
+        );
+        let rows = Family::<RowLabels, Gauge>::default();
+        registry.register(
+            "outbox_rows",
+            "Outbox rows by endpoint and status (pending, in_flight, dead), sampled",
+            rows.clone(),
+        );
+        let oldest_pending_seconds = Family::<EndpointLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "oldest_pending_seconds",
+            "How long the most overdue pending row has been due, sampled",
+            oldest_pending_seconds.clone(),
+        );
+        let released = Counter::default();
+        registry.register(
+            "released_rows",
+            "Claimed rows given back unattempted at shutdown",
+            released.clone(),
+        );
+        let rescued = Counter::default();
+        registry.register(
+            "rescued_rows",
+            "Rows whose lease expired and were put back to pending",
+            rescued.clone(),
+        );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "1 while the relay's database connection works",
+            database_up.clone(),
+        );
+        let listener_up = Gauge::default();
+        registry.register(
+            "listener_up",
+            "1 while the LISTEN connection is established",
+            listener_up.clone(),
+        );
+        Metrics {
+            registry,
+            attempts,
+            attempt_seconds,
+            rows,
+            oldest_pending_seconds,
+            released,
+            rescued,
+            database_up,
+            listener_up,
+            db_ok: AtomicBool::new(false),
+            listener_ok: AtomicBool::new(false),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String");
+        out
+    }
+
+    pub fn set_db_ok(&self, ok: bool) {
+        if self.db_ok.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                tracing::info!("database connection is working");
+            } else {
+                tracing::warn!("database connection lost; retrying");
+            }
+        }
+        self.database_up.set(i64::from(ok));
+    }
+
+    pub fn set_listener_ok(&self, ok: bool) {
+        self.listener_ok.store(ok, Ordering::Relaxed);
+        self.listener_up.set(i64::from(ok));
+    }
+
+    /// Ready: the database answers and the listener is connected.
+    pub fn ready(&self) -> bool {
+        self.db_ok.load(Ordering::Relaxed) && self.listener_ok.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,246 @@
+//! Wires the relay's tasks together: listener, one dispatcher loop per
+//! endpoint, delivery tasks, completer, rescuer, sampler and the HTTP server;
+//! and takes them down in order on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::dispatcher::{self, Endpoint, Shared};
+use crate::metrics::Metrics;
+use crate::{completer, deliver, http, listener, migrate, rescuer};
+
+/// Capacity of the channel from delivery tasks to the completer.
+const OUTCOME_QUEUE: usize = 10_000;
+/// How long the completer keeps retrying a write at shutdown when the
+/// database is down, before leaving the rows to their leases.
+const FINAL_WRITE_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait between attempts to reach the database at start.
+const START_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A running relay.
+pub struct Relay {
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    pub metrics: Arc<Metrics>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub http_addr: SocketAddr,
+}
+
+impl Relay {
+    /// Begins a graceful shutdown and waits for it: stop claiming, let
+    /// requests in flight finish until `shutdown_timeout`, release the rest,
+    /// write every outcome.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// The token that starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the relay has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Connects (retrying while the database is unreachable), checks the schema,
+/// mirrors the endpoints and starts every task.
+pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+
+    // The HTTP server comes first, so /healthz answers and /readyz says 503
+    // while the database is still being reached.
+    let http_listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding the metrics and health server to {}", cfg.listen))?;
+    let http_addr = http_listener
+        .local_addr()
+        .context("reading the bound address")?;
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut client = connect_until_up(&database_url, &metrics).await?;
+    migrate::check_schema_version(&client).await?;
+    let ids = migrate::sync_endpoints(&mut client, &cfg.endpoints).await?;
+    drop(client);
+
+    let relay_name = cfg.relay_name.clone().unwrap_or_else(default_relay_name);
+    tracing::info!(relay = %relay_name, endpoints = cfg.endpoints.len(), listen = %http_addr, "relay starting");
+
+    let claims_db = Arc::new(Db::new(database_url.clone(), metrics.clone()));
+    let outcomes_db = Arc::new(Db::new(database_url.clone(), metrics.clone()));
+    let housekeeping_db = Arc::new(Db::new(database_url.clone(), metrics.clone()));
+
+    let total_slots: u32 = cfg.endpoints.iter().map(|e| e.max_in_flight).sum();
+    let (done_tx, done_rx) = mpsc::channel(OUTCOME_QUEUE);
+    let stop_claiming = CancellationToken::new();
+    let abort_deliveries = CancellationToken::new();
+    let abandon_writes = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        db: claims_db,
+        http: deliver::http_client(total_slots.max(1) as usize)?,
+        done: done_tx,
+        metrics: metrics.clone(),
+        relay_name: relay_name.clone(),
+        lease: cfg.lease,
+        claim_batch: cfg.claim_batch,
+        poll_interval: cfg.poll_interval,
+        tracker: TaskTracker::new(),
+        stop_claiming: stop_claiming.clone(),
+        abort_deliveries: abort_deliveries.clone(),
+    });
+
+    let completer_task = tokio::spawn(completer::run(
+        outcomes_db,
+        done_rx,
+        relay_name,
+        metrics.clone(),
+        abandon_writes.clone(),
+    ));
+    let background = CancellationToken::new();
+    let (wake_tx, wake_rx) = watch::channel(0u64);
+    let listener_task = tokio::spawn(listener::run(
+        database_url.clone(),
+        wake_tx,
+        metrics.clone(),
+        background.clone(),
+    ));
+    let rescue_every = (cfg.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let rescuer_task = tokio::spawn(rescuer::run_rescuer(
+        housekeeping_db.clone(),
+        metrics.clone(),
+        rescue_every,
+        background.clone(),
+    ));
+    let names: Vec<String> = cfg.endpoints.iter().map(|e| e.name.clone()).collect();
+    let sampler_task = tokio::spawn(rescuer::run_sampler(
+        housekeeping_db,
+        metrics.clone(),
+        names,
+        background.clone(),
+    ));
+
+    let mut loops = Vec::new();
+    let by_name: HashMap<String, i32> = ids;
+    for ep_cfg in cfg.endpoints.iter().filter(|e| e.enabled) {
+        let id = by_name[&ep_cfg.name];
+        let ep = Arc::new(Endpoint::new(id, ep_cfg.clone()));
+        loops.push(tokio::spawn(dispatcher::run_endpoint(
+            shared.clone(),
+            ep,
+            wake_rx.clone(),
+        )));
+    }
+
+    let shutdown_timeout = cfg.shutdown_timeout;
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        token.cancelled().await;
+        tracing::info!("shutting down: no new claims");
+        stop_claiming.cancel();
+        for l in loops {
+            let _ = l.await;
+        }
+        shared.tracker.close();
+        let in_flight = shared.tracker.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, deadline = ?shutdown_timeout, "waiting for requests in flight");
+        }
+        if tokio::time::timeout(shutdown_timeout, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown deadline passed; releasing the rows still in flight");
+            abort_deliveries.cancel();
+            shared.tracker.wait().await;
+        }
+        // The last sender goes with `shared`; the completer then drains.
+        drop(shared);
+        let abandon = abandon_writes.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(FINAL_WRITE_GRACE).await;
+            abandon.cancel();
+        });
+        let _ = completer_task.await;
+        timer.abort();
+        background.cancel();
+        let _ = tokio::join!(listener_task, rescuer_task, sampler_task, http_task);
+        tracing::info!("relay stopped");
+    });
+
+    Ok(Relay {
+        shutdown,
+        task,
+        metrics,
+        http_addr,
+    })
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn run_until_signal(cfg: Config, database_url: String) -> Result<()> {
+    let relay = tokio::select! {
+        r = start(cfg, database_url) => r?,
+        _ = stop_signal() => return Ok(()),
+    };
+    stop_signal().await;
+    relay.shutdown().await;
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers there is nothing to wait for but Ctrl-C.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn connect_until_up(url: &str, metrics: &Metrics) -> Result<tokio_postgres::Client> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match db::connect(url).await {
+            Ok((client, _)) => {
+                metrics.set_db_ok(true);
+                return Ok(client);
+            }
+            Err(e) => {
+                metrics.set_db_ok(false);
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "database unreachable at start; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(START_MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+fn default_relay_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "relay".into());
+    format!("{host}:{}", std::process::id())
+}

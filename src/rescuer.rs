@@ -1,0 +1,91 @@
+//! Periodic housekeeping: expired leases back to `pending` (a relay died or
+//! lost its database mid-request), and the row counts behind `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Db;
+use crate::metrics::{EndpointLabels, Metrics, RowLabels};
+
+/// Most rows one rescue statement touches.
+const RESCUE_BATCH: i64 = 1000;
+/// How often the row counts for /metrics are sampled.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Rescues expired leases every `every` until shutdown.
+pub async fn run_rescuer(
+    db: Arc<Db>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        loop {
+            let Ok(conn) = db.conn().await else { break };
+            let r = conn.client.query(&conn.st.rescue, &[&RESCUE_BATCH]).await;
+            db.report(&r);
+            match r {
+                Ok(rows) => {
+                    if rows.is_empty() {
+                        break;
+                    }
+                    metrics.rescued.inc_by(rows.len() as u64);
+                    tracing::warn!(rows = rows.len(), "leases expired; rows are pending again");
+                    if (rows.len() as i64) < RESCUE_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rescuing expired leases failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Samples rows by status and the most overdue pending row per endpoint.
+pub async fn run_sampler(
+    db: Arc<Db>,
+    metrics: Arc<Metrics>,
+    endpoints: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Ok(conn) = db.conn().await else { continue };
+        let r = conn
+            .client
+            .query(include_str!("../sql/row_counts.sql"), &[&endpoints])
+            .await;
+        db.report(&r);
+        let Ok(rows) = r else { continue };
+        for row in rows {
+            let endpoint: String = row.get(0);
+            for (i, status) in [(1, "pending"), (2, "in_flight"), (3, "dead")] {
+                metrics
+                    .rows
+                    .get_or_create(&RowLabels {
+                        endpoint: endpoint.clone(),
+                        status,
+                    })
+                    .set(row.get::<_, i64>(i));
+            }
+            metrics
+                .oldest_pending_seconds
+                .get_or_create(&EndpointLabels { endpoint })
+                .set(row.get::<_, f64>(4));
+        }
+    }
+}

@@ -1,0 +1,642 @@
+//! The delivery engine end to end: app writes through the triggers, a relay
+//! (in-process or the real binary), real HTTP receivers.
+
+use std::time::Duration;
+
+use outbox_relay::config::Config;
+use outbox_relay::relay::{self, Relay};
+use serde_json::json;
+use tokio_postgres::Client;
+
+use crate::receiver::{signature_is_valid, Receiver, Reply};
+use crate::support::{wait_for, TestDb};
+
+pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub const ALL_EVENTS: &str = r#"["user_credits_zero", "post_code_change", "add_credits"]"#;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Config text: relay-wide `top` lines, then one endpoint per (name, url, extra lines).
+pub fn config_text(top: &str, endpoints: &[(&str, &str, &str)]) -> String {
+    let mut text = format!("listen = \"127.0.0.1:0\"\npoll_interval = \"200ms\"\n{top}\n");
+    for (name, url, extra) in endpoints {
+        text.push_str(&format!(
+            "[[endpoint]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = {ALL_EVENTS}\nsecret = \"{SECRET}\"\n{extra}\n"
+        ));
+    }
+    text
+}
+
+pub fn config(top: &str, endpoints: &[(&str, &str, &str)]) -> Config {
+    Config::parse(&config_text(top, endpoints), "test.toml", &|_| None).expect("test config")
+}
+
+pub async fn start(db: &TestDb, cfg: Config) -> Relay {
+    relay::start(cfg, db.url.clone())
+        .await
+        .expect("relay starts")
+}
+
+/// Enqueues `n` generic events in one transaction.
+pub async fn enqueue(c: &Client, n: i32) {
+    c.execute(
+        "SELECT webhook.enqueue('add_credits', jsonb_build_object('n', g), 'k' || g) FROM generate_series(1, $1) g",
+        &[&n],
+    )
+    .await
+    .unwrap();
+}
+
+pub async fn count_status(c: &Client, status: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM webhook.outbox WHERE status = $1",
+        &[&status],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn app_writes_arrive_signed_with_the_exact_bodies() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::ok().await;
+    let relay = start(&db, config("", &[("crm", &rx.url, "")])).await;
+
+    c.batch_execute(
+        "INSERT INTO buyers VALUES ('0000', 'test', 10);
+         BEGIN;
+         INSERT INTO buyer_postcodes VALUES ('0000', 'GN'), ('0000', 'AB'), ('0000', 'BN');
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("INSERT INTO buyer_credits VALUES ('0000', 100)")
+        .await
+        .unwrap();
+    c.batch_execute("UPDATE buyer_credits SET balance = 0 WHERE buyer_id = '0000'")
+        .await
+        .unwrap();
+    wait_for("three webhooks", WAIT, || async {
+        (rx.count() >= 3).then_some(())
+    })
+    .await;
+
+    let mut bodies: Vec<serde_json::Value> = rx.requests().iter().map(|r| r.json()).collect();
+    bodies.sort_by_key(|b| b["eventCode"].as_str().unwrap().to_string());
+    assert_eq!(
+        bodies,
+        [
+            json!({"buyerId": "0000", "buyerName": "test", "postCodeList": ["AB", "BN", "GN"], "topUpAmount": 100, "eventCode": "add_credits"}),
+            json!({"buyerId": "0000", "businessName": "test", "postCodeList": ["AB", "BN", "GN"], "eventCode": "post_code_change"}),
+            json!({"buyerId": "0000", "businessName": "test", "postCodeList": ["AB", "BN", "GN"], "remainingCredits": 0, "eventCode": "user_credits_zero"}),
+        ]
+    );
+    for r in rx.requests() {
+        assert!(signature_is_valid(SECRET, &r), "bad signature on {}", r.id);
+        assert!(r.id.starts_with("evt_"));
+        let ts: i64 = r.timestamp.parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((now - ts).abs() < 60, "timestamp {ts} is not now");
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(
+            r.headers["user-agent"],
+            format!("outbox-relay/{}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    // The outcome is on the rows and in webhook.attempts.
+    wait_for("rows delivered", WAIT, || async {
+        (count_status(&c, "delivered").await == 3).then_some(())
+    })
+    .await;
+    let rows = c
+        .query(
+            "SELECT o.event_id, o.attempts, o.response_status, o.response_body, o.response_ms, o.last_error,
+                    o.delivered_at IS NOT NULL, o.lease_expires_at IS NULL, o.payload::text,
+                    (SELECT count(*) FROM webhook.attempts a WHERE a.outbox_id = o.id AND a.response_status = 200)
+               FROM webhook.outbox o",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in rows {
+        let event_id: String = row.get(0);
+        assert_eq!(row.get::<_, i32>(1), 1);
+        assert_eq!(row.get::<_, Option<i32>>(2), Some(200));
+        assert_eq!(
+            row.get::<_, Option<String>>(3).as_deref(),
+            Some("answer 200")
+        );
+        assert!(row.get::<_, Option<i32>>(4).unwrap() >= 0);
+        assert_eq!(row.get::<_, Option<String>>(5), None);
+        assert!(row.get::<_, bool>(6) && row.get::<_, bool>(7));
+        assert_eq!(row.get::<_, i64>(9), 1, "one attempt row");
+        // The payload column is the exact body that was sent.
+        let sent = rx
+            .requests()
+            .into_iter()
+            .find(|r| r.id == event_id)
+            .unwrap();
+        assert_eq!(row.get::<_, String>(8).as_bytes(), &sent.body[..]);
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_failures_then_success_is_three_attempts_and_delivered() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|r| {
+        if r.nth <= 2 {
+            Reply::Status(503)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let relay = start(
+        &db,
+        config(
+            "",
+            &[(
+                "flaky",
+                &rx.url,
+                "retry_initial = \"50ms\"\nretry_max = \"200ms\"",
+            )],
+        ),
+    )
+    .await;
+    enqueue(&c, 1).await;
+    wait_for("delivered", WAIT, || async {
+        (count_status(&c, "delivered").await == 1).then_some(())
+    })
+    .await;
+    let row = c
+        .query_one(
+            "SELECT attempts, response_status, last_error FROM webhook.outbox",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 3);
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(200));
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+    let attempts: Vec<(i32, Option<i32>, Option<String>)> = c
+        .query(
+            "SELECT attempt, response_status, error FROM webhook.attempts ORDER BY attempt",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, Some(503), Some("HTTP 503".into())),
+            (2, Some(503), Some("HTTP 503".into())),
+            (3, Some(200), None)
+        ]
+    );
+    let ids: Vec<String> = rx.requests().iter().map(|r| r.id.clone()).collect();
+    assert!(
+        ids.iter().all(|id| id == &ids[0]),
+        "retries keep the webhook-id"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_always_failing_endpoint_ends_dead_after_max_attempts() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|_| Reply::Status(500)).await;
+    let relay = start(
+        &db,
+        config(
+            "",
+            &[(
+                "down",
+                &rx.url,
+                "max_attempts = 3\nretry_initial = \"20ms\"\nretry_max = \"50ms\"",
+            )],
+        ),
+    )
+    .await;
+    enqueue(&c, 2).await;
+    wait_for("dead", WAIT, || async {
+        (count_status(&c, "dead").await == 2).then_some(())
+    })
+    .await;
+    let rows = c
+        .query("SELECT attempts, last_error FROM webhook.outbox", &[])
+        .await
+        .unwrap();
+    for r in rows {
+        assert_eq!(r.get::<_, i32>(0), 3);
+        let err: String = r.get(1);
+        assert!(
+            err.contains("HTTP 500") && err.contains("max_attempts"),
+            "{err}"
+        );
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM webhook.attempts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 6);
+    assert_eq!(rx.count(), 6);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_no_retry_status_is_dead_at_once() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|_| Reply::Status(410)).await;
+    let relay = start(
+        &db,
+        config("", &[("gone", &rx.url, "retry_initial = \"20ms\"")]),
+    )
+    .await;
+    enqueue(&c, 1).await;
+    wait_for("dead", WAIT, || async {
+        (count_status(&c, "dead").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(rx.count(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|r| {
+        if r.nth == 1 {
+            Reply::WithHeaders(429, vec![("retry-after", "2".into())])
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    // Without Retry-After the retry would come after 10 minutes at least.
+    let relay = start(
+        &db,
+        config(
+            "",
+            &[(
+                "busy",
+                &rx.url,
+                "retry_initial = \"20m\"\nretry_max = \"1h\"",
+            )],
+        ),
+    )
+    .await;
+    enqueue(&c, 1).await;
+    wait_for("delivered", WAIT, || async {
+        (count_status(&c, "delivered").await == 1).then_some(())
+    })
+    .await;
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 2);
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "retried after {gap:?}, before Retry-After"
+    );
+    let err: Option<String> = c
+        .query_one("SELECT error FROM webhook.attempts WHERE attempt = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(err.as_deref(), Some("HTTP 429"));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_sends_nothing() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::ok().await;
+    let relay = start(&db, config("", &[("crm", &rx.url, "")])).await;
+    c.batch_execute(
+        "INSERT INTO buyers VALUES ('rb', 'Rollback', 0);
+         BEGIN;
+         INSERT INTO buyer_credits VALUES ('rb', 50);
+         INSERT INTO buyer_postcodes VALUES ('rb', 'X1');
+         ROLLBACK;",
+    )
+    .await
+    .unwrap();
+    // A committed marker afterwards: once it arrives, anything from the
+    // rolled-back transaction would have arrived before it.
+    c.batch_execute("SELECT webhook.enqueue('add_credits', '{\"marker\": true}')")
+        .await
+        .unwrap();
+    wait_for("the marker", WAIT, || async {
+        (rx.count() >= 1).then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+    let bodies: Vec<serde_json::Value> = rx.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(bodies, [json!({"marker": true})]);
+}
+
+#[tokio::test]
+async fn custom_headers_previous_secrets_and_no_redirects() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let target = Receiver::ok().await;
+    let target_url = target.url.clone();
+    let rx =
+        Receiver::start(move |_| Reply::WithHeaders(302, vec![("location", target_url.clone())]))
+            .await;
+    let old = "whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz";
+    let relay = start(
+        &db,
+        config(
+            "",
+            &[(
+                "crm",
+                &rx.url,
+                &format!("max_attempts = 1\nprevious_secrets = [\"{old}\"]\n[endpoint.headers]\nX-Team = \"billing\""),
+            )],
+        ),
+    )
+    .await;
+    enqueue(&c, 1).await;
+    wait_for("dead", WAIT, || async {
+        (count_status(&c, "dead").await == 1).then_some(())
+    })
+    .await;
+    let r = &rx.requests()[0];
+    assert_eq!(r.headers["x-team"], "billing");
+    assert_eq!(
+        r.signature.split(' ').count(),
+        2,
+        "one signature per secret"
+    );
+    assert!(signature_is_valid(SECRET, r) && signature_is_valid(old, r));
+    assert_eq!(target.count(), 0, "the redirect was not followed");
+    let (status, err): (Option<i32>, String) = {
+        let row = c
+            .query_one(
+                "SELECT response_status, last_error FROM webhook.outbox",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(status, Some(302));
+    assert!(err.contains("redirects are not followed"), "{err}");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_slow_another() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let slow = Receiver::start(|_| Reply::After(Duration::from_secs(5), 200)).await;
+    let fast = Receiver::ok().await;
+    let relay = start(
+        &db,
+        config(
+            "",
+            &[
+                ("slow", &slow.url, "max_in_flight = 4"),
+                ("fast", &fast.url, "max_in_flight = 4"),
+            ],
+        ),
+    )
+    .await;
+    enqueue(&c, 200).await;
+    // All 200 reach the fast endpoint while the slow one has not answered a
+    // single request yet (its first answer comes 5 s after its first request).
+    wait_for("fast endpoint done", Duration::from_secs(60), || async {
+        (fast.count() >= 200).then_some(())
+    })
+    .await;
+    let slow_delivered: i64 = c
+        .query_one(
+            "SELECT count(*) FROM webhook.outbox JOIN webhook.endpoints USING (endpoint_id)
+              WHERE name = 'slow' AND status = 'delivered'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slow_delivered, 0,
+        "the fast endpoint waited for the slow one"
+    );
+    assert!(
+        slow.count() <= 4,
+        "max_in_flight caps the slow endpoint: {}",
+        slow.count()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limit_spaces_requests() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::ok().await;
+    let relay = start(
+        &db,
+        config("", &[("limited", &rx.url, "rate_limit = 20.0\nburst = 1")]),
+    )
+    .await;
+    enqueue(&c, 21).await;
+    wait_for("all delivered", WAIT, || async {
+        (rx.count() >= 21).then_some(())
+    })
+    .await;
+    let reqs = rx.requests();
+    let span = reqs.last().unwrap().at - reqs[0].at;
+    // 20 gaps of 50 ms each at 20 requests per second.
+    assert!(
+        span >= Duration::from_millis(900),
+        "21 requests took only {span:?}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_relays_deliver_2000_events_without_duplicates() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::ok().await;
+    let a = start(&db, config("relay_name = \"a\"", &[("crm", &rx.url, "")])).await;
+    let b = start(&db, config("relay_name = \"b\"", &[("crm", &rx.url, "")])).await;
+    for _ in 0..10 {
+        enqueue(&c, 200).await;
+    }
+    wait_for("2000 delivered", Duration::from_secs(120), || async {
+        (count_status(&c, "delivered").await == 2000).then_some(())
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(rx.unique_ids(), 2000);
+    assert_eq!(rx.count(), 2000, "duplicates: {:?}", rx.duplicates());
+    let relays: Vec<String> = c
+        .query(
+            "SELECT DISTINCT relay FROM webhook.attempts ORDER BY relay",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(relays, ["a", "b"], "both relays took part");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_and_releases_waiting_rows() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|_| Reply::After(Duration::from_millis(700), 200)).await;
+    let relay = start(
+        &db,
+        config(
+            "",
+            &[(
+                "slowish",
+                &rx.url,
+                "max_in_flight = 2\nrate_limit = 2.0\nburst = 2",
+            )],
+        ),
+    )
+    .await;
+    enqueue(&c, 10).await;
+    wait_for("requests in flight", WAIT, || async {
+        (rx.count() >= 2).then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+    // The requests in flight finished and were recorded; nothing is left claimed.
+    assert!(count_status(&c, "delivered").await >= 2);
+    assert_eq!(count_status(&c, "in_flight").await, 0);
+    let pending = count_status(&c, "pending").await;
+    assert_eq!(count_status(&c, "delivered").await + pending, 10);
+    let unattempted: i64 = c
+        .query_one(
+            "SELECT count(*) FROM webhook.outbox WHERE status = 'pending' AND attempts = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        unattempted, pending,
+        "released rows do not count as attempts"
+    );
+}
+
+#[tokio::test]
+async fn the_shutdown_deadline_releases_requests_still_in_flight() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|_| Reply::After(Duration::from_secs(60), 200)).await;
+    let relay = start(
+        &db,
+        config(
+            "shutdown_timeout = \"500ms\"\nlease = \"90s\"",
+            &[("hang", &rx.url, "timeout = \"60s\"")],
+        ),
+    )
+    .await;
+    enqueue(&c, 3).await;
+    wait_for("requests in flight", WAIT, || async {
+        (rx.count() >= 3).then_some(())
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(15), relay.shutdown())
+        .await
+        .expect("shutdown within its deadline");
+    assert_eq!(count_status(&c, "pending").await, 3);
+    let attempts: i64 = c
+        .query_one("SELECT sum(attempts) FROM webhook.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 0);
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|r| {
+        if r.nth == 1 {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let relay = start(
+        &db,
+        config("", &[("crm", &rx.url, "retry_initial = \"20ms\"")]),
+    )
+    .await;
+    enqueue(&c, 3).await;
+    wait_for("delivered", WAIT, || async {
+        (count_status(&c, "delivered").await == 3).then_some(())
+    })
+    .await;
+    let base = format!("http://{}", relay.http_addr);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    wait_for("ready", WAIT, || async {
+        (http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200)
+            .then_some(())
+    })
+    .await;
+    let text = wait_for("metrics", WAIT, || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains(r#"outbox_relay_attempts_total{endpoint="crm",outcome="delivered"} 3"#)
+            .then_some(text)
+    })
+    .await;
+    for needle in [
+        r#"outbox_relay_attempts_total{endpoint="crm",outcome="retry"} 3"#,
+        r#"outbox_relay_attempt_duration_seconds_count{endpoint="crm"} 6"#,
+        r#"outbox_relay_outbox_rows{endpoint="crm",status="pending"}"#,
+        r#"outbox_relay_oldest_pending_seconds{endpoint="crm"}"#,
+        "outbox_relay_database_up 1",
+        "outbox_relay_listener_up 1",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    relay.shutdown().await;
+}
