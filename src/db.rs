@@ -43,23 +43,6 @@ pub fn redact_database_url(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_database_url("postgres://app:s3cret@db:5432/app"),
-            "postgres://app:***@db:5432/app"
-        );
-        assert_eq!(
-            redact_database_url("host=db user=app password=s3cret dbname=app"),
-            "host=db user=app password=*** dbname=app"
-        );
-    }
-}
-
 /// The statements the relay runs, prepared once per connection.
 pub struct Statements {
     pub claim: tokio_postgres::Statement,
@@ -167,4 +150,21 @@ async fn prepare(client: &Client) -> Result<Statements> {
         snapshot: p(include_str!("../sql/snapshot.sql")).await?,
         settled: p(include_str!("../sql/settled.sql")).await?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_database_url("postgres://app:s3cret@db:5432/app"),
+            "postgres://app:***@db:5432/app"
+        );
+        assert_eq!(
+            redact_database_url("host=db user=app password=s3cret dbname=app"),
+            "host=db user=app password=*** dbname=app"
+        );
+    }
 }
