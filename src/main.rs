@@ -1,14 +1,14 @@
 //! The `outbox-relay` command line: parse, load config, set up logging, hand
 //! off to the library. Exit status: 0 success, 2 bad config or usage, 1 any
-//! other failure.
+//! other failure, 130 for a demo stopped by Ctrl-C (after cleaning up).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use outbox_relay::config::{self, Config, ConfigError};
-use outbox_relay::{db, migrate, relay, sign};
+use outbox_relay::config::{self, Config, ConfigError, Secret};
+use outbox_relay::{db, demo, migrate, receiver, relay, sign};
 
 #[derive(Parser)]
 #[command(
@@ -48,11 +48,39 @@ enum Command {
     Run,
     /// Print a fresh endpoint secret (whsec_ + base64 of 32 random bytes).
     GenSecret,
+    /// Zero set-up tour: a throwaway Postgres, the reference schema and
+    /// triggers, a verifying receiver and the relay, driven by a short story
+    /// of app writes; cleans up after itself (also on Ctrl-C).
+    Demo,
+    /// A local receiver for testing a set-up: accepts POST on any path of
+    /// 127.0.0.1:PORT, verifies each webhook's signature and prints it.
+    Receive {
+        /// Port on 127.0.0.1 (0 picks a free one; the URL is printed first).
+        #[arg(long, value_name = "PORT")]
+        port: u16,
+        /// The endpoint's secret (whsec_...), as in the relay's config.
+        #[arg(
+            long,
+            value_name = "SECRET",
+            env = "WEBHOOK_SECRET",
+            hide_env_values = true
+        )]
+        secret: String,
+        /// Status to answer valid webhooks with, to rehearse failures (e.g. 503).
+        #[arg(long, value_name = "CODE", default_value_t = 200,
+              value_parser = clap::value_parser!(u16).range(200..=599))]
+        status: u16,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format, cli.log_level.as_deref());
+    // The demo talks to its user on stdout; relay logs would drown it.
+    let default_level = match cli.command {
+        Command::Demo => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, cli.log_level.as_deref(), default_level);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -111,6 +139,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", sign::generate_secret().encode());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo => match runtime.block_on(demo::run())? {
+            demo::Ending::Finished => Ok(ExitCode::SUCCESS),
+            // The shell's convention for "stopped by SIGINT".
+            demo::Ending::Interrupted => Ok(ExitCode::from(130)),
+        },
+        Command::Receive {
+            port,
+            secret,
+            status,
+        } => {
+            // Parsed here rather than by clap, whose errors quote the value.
+            let secret = match Secret::parse(secret.trim()) {
+                Ok(s) => s,
+                Err(why) => {
+                    eprintln!("outbox-relay: invalid --secret: {why}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            // The range check above keeps this a valid status code.
+            let status = axum::http::StatusCode::from_u16(status)
+                .context("--status is not an HTTP status code")?;
+            runtime.block_on(receiver::run_until_signal(port, secret, status))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -126,11 +178,12 @@ fn database_url(cli: &Cli, cfg: Option<&Config>) -> Result<String> {
     }
 }
 
-fn init_tracing(format: LogFormat, level: Option<&str>) {
+/// `--log-level`, else RUST_LOG, else `default`.
+fn init_tracing(format: LogFormat, level: Option<&str>, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -5,6 +5,9 @@ mod support;
 
 mod cli;
 mod delivery;
+mod demo;
+mod process;
 mod receiver;
 mod schema;
 mod triggers;
+mod wakeup;

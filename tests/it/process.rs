@@ -1,0 +1,287 @@
+//! The relay as a real process: SIGTERM, kill -9 mid-flight, secrets kept out
+//! of logs; and a database that goes away under a running relay.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use outbox_relay::throwaway::{Cluster, ClusterOptions};
+
+use crate::delivery::{config, config_text, count_status, enqueue, start, SECRET};
+use crate::receiver::{Receiver, Reply};
+use crate::support::{connect, wait_for, TestDb, EXAMPLE_APP_SQL, TRIGGERS_SQL};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `outbox-relay run` in a child process, logging at debug level to a file.
+pub struct RelayProcess {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RelayProcess {
+    pub fn spawn(database_url: &str, config: &str) -> RelayProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("relay.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("relay.log");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        RelayProcess {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the relay did not exit within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- relay process log ---\n{}", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a relay process has mirrored its endpoints: before that, the
+/// triggers have no endpoint to route events to.
+async fn wait_synced(c: &tokio_postgres::Client) {
+    wait_for("the relay to sync its endpoints", WAIT, || async {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM webhook.endpoints WHERE enabled", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_and_secrets_stay_out_of_logs_and_database() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|r| {
+        if r.nth == 1 {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let mut relay = RelayProcess::spawn(
+        &db.url,
+        &config_text("", &[("crm", &rx.url, "retry_initial = \"50ms\"")]),
+    );
+    wait_synced(&c).await;
+    c.batch_execute(
+        "INSERT INTO buyers VALUES ('s1', 'Secretive Ltd', 1);
+         INSERT INTO buyer_credits VALUES ('s1', 10);
+         UPDATE buyer_credits SET balance = 0 WHERE buyer_id = 's1';",
+    )
+    .await
+    .unwrap();
+    wait_for("delivered", WAIT, || async {
+        (count_status(&c, "delivered").await == 2).then_some(())
+    })
+    .await;
+    relay.sigterm();
+    let status = tokio::task::block_in_place(|| relay.wait_exit(WAIT));
+    assert_eq!(status.code(), Some(0), "{}", relay.log());
+
+    let log = relay.log();
+    assert!(
+        log.contains("attempt failed; will retry"),
+        "the failure path was logged:\n{log}"
+    );
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let dump: String = c
+        .query_one(
+            "SELECT concat_ws(' ',
+                (SELECT string_agg(e::text, ' ') FROM webhook.endpoints e),
+                (SELECT string_agg(o::text, ' ') FROM webhook.outbox o),
+                (SELECT string_agg(a::text, ' ') FROM webhook.attempts a))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for needle in [
+        SECRET,
+        SECRET.strip_prefix("whsec_").unwrap(),
+        &hex,
+        &hex.to_uppercase(),
+    ] {
+        assert!(!log.contains(needle), "a secret form appears in the log");
+        assert!(
+            !dump.contains(needle),
+            "a secret form appears in the database"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_killed_relay_has_its_rows_resent_after_the_lease_with_the_same_id() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // First delivery of every event hangs; the relay is killed meanwhile.
+    let rx = Receiver::start(|r| {
+        if r.nth == 1 {
+            Reply::After(Duration::from_secs(20), 200)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let text = config_text("lease = \"7s\"", &[("crm", &rx.url, "timeout = \"2s\"")]);
+    let mut first = RelayProcess::spawn(&db.url, &text);
+    wait_synced(&c).await;
+    enqueue(&c, 5).await;
+    wait_for("5 requests in flight", WAIT, || async {
+        (rx.count() >= 5).then_some(())
+    })
+    .await;
+    first.kill9();
+    assert_eq!(
+        count_status(&c, "in_flight").await,
+        5,
+        "the killed relay's rows stay claimed until the lease ends"
+    );
+
+    let second = start(
+        &db,
+        config("lease = \"7s\"", &[("crm", &rx.url, "timeout = \"2s\"")]),
+    )
+    .await;
+    wait_for("all re-sent and delivered", WAIT, || async {
+        (count_status(&c, "delivered").await == 5).then_some(())
+    })
+    .await;
+    second.shutdown().await;
+    let reqs = rx.requests();
+    assert_eq!(rx.unique_ids(), 5);
+    assert_eq!(reqs.len(), 10, "each event sent once by each relay");
+    for r in reqs.iter().filter(|r| r.nth == 2) {
+        assert!(
+            reqs.iter().any(|first| first.nth == 1 && first.id == r.id),
+            "re-sent with the same webhook-id"
+        );
+    }
+    let rows = c.query("SELECT attempts, (SELECT count(*) FROM webhook.attempts a WHERE a.outbox_id = o.id) FROM webhook.outbox o", &[]).await.unwrap();
+    for r in rows {
+        assert_eq!(
+            r.get::<_, i32>(0),
+            2,
+            "the expired claim counts as an attempt"
+        );
+        assert_eq!(
+            r.get::<_, i64>(1),
+            1,
+            "only the attempt with a known outcome is recorded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_relay_survives_a_database_restart_mid_drain() {
+    // A cluster of its own: stopping the shared one would break other tests.
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()))
+        .await
+        .unwrap()
+        .expect("a throwaway cluster");
+    let url = cluster.url("postgres");
+    let cluster = Arc::new(Mutex::new(cluster));
+    {
+        let mut c = connect(&url).await;
+        outbox_relay::migrate::run_migrations(&mut c).await.unwrap();
+        c.batch_execute(EXAMPLE_APP_SQL).await.unwrap();
+        c.batch_execute(TRIGGERS_SQL).await.unwrap();
+    }
+    let rx = Receiver::start(|_| Reply::After(Duration::from_millis(5), 200)).await;
+    let relay = outbox_relay::relay::start(
+        config("", &[("crm", &rx.url, "max_in_flight = 4")]),
+        url.clone(),
+    )
+    .await
+    .unwrap();
+    let health = format!("http://{}/readyz", relay.http_addr);
+    let http = reqwest::Client::new();
+    let ready = |want: u16| {
+        let (http, health) = (http.clone(), health.clone());
+        async move { (http.get(&health).send().await.unwrap().status() == want).then_some(()) }
+    };
+    wait_for("ready", WAIT, || ready(200)).await;
+
+    let c = connect(&url).await;
+    enqueue(&c, 1000).await;
+    wait_for("the drain under way", WAIT, || async {
+        (rx.count() >= 100).then_some(())
+    })
+    .await;
+    drop(c);
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.lock().unwrap().stop_server().unwrap())
+        .await
+        .unwrap();
+    wait_for("not ready while the database is down", WAIT, || ready(503)).await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.lock().unwrap().start_server().unwrap())
+        .await
+        .unwrap();
+    wait_for("ready again", WAIT, || ready(200)).await;
+
+    let c = connect(&url).await;
+    enqueue(&c, 10).await;
+    wait_for("everything delivered", Duration::from_secs(60), || async {
+        (count_status(&c, "delivered").await == 1010).then_some(())
+    })
+    .await;
+    assert_eq!(rx.unique_ids(), 1010, "nothing lost");
+    relay.shutdown().await;
+}

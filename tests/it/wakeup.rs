@@ -1,0 +1,232 @@
+//! The wake-up design (docs/wakeup.md): an idle relay is woken by NOTIFY
+//! within moments, while writers stop sending NOTIFY as long as the relay is
+//! busy. The poll timer is set to an hour here, so only NOTIFY can explain a
+//! prompt delivery.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::delivery::{config, count_status, enqueue, start};
+use crate::receiver::{Receiver, Reply};
+use crate::support::{wait_for, TestDb};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn armed(c: &tokio_postgres::Client) -> Option<bool> {
+    c.query_opt("SELECT armed FROM webhook.wakeup", &[])
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// A connection that LISTENs on the relay's channel and counts notifications.
+async fn notification_counter(
+    url: &str,
+) -> (tokio_postgres::Client, tokio::sync::watch::Receiver<usize>) {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(msg)) = stream.next().await {
+            if let AsyncMessage::Notification(_) = msg {
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+    });
+    client.batch_execute("LISTEN webhook_outbox").await.unwrap();
+    (client, rx)
+}
+
+#[tokio::test]
+async fn an_idle_relay_is_woken_by_notify_not_the_poll_timer() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::ok().await;
+    let relay = start(
+        &db,
+        config("poll_interval = \"1h\"", &[("crm", &rx.url, "")]),
+    )
+    .await;
+    for n in 1..=3 {
+        wait_for("the switch armed", WAIT, || async {
+            (armed(&c).await == Some(true)).then_some(())
+        })
+        .await;
+        enqueue(&c, 1).await;
+        wait_for("the lone event delivered", WAIT, || async {
+            (rx.count() >= n).then_some(())
+        })
+        .await;
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn writers_send_no_notify_while_the_relay_is_busy() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|_| Reply::After(Duration::from_millis(200), 200)).await;
+    let relay = start(
+        &db,
+        config(
+            "poll_interval = \"1h\"",
+            &[("crm", &rx.url, "max_in_flight = 2")],
+        ),
+    )
+    .await;
+    let (_listen, notifications) = notification_counter(&db.url).await;
+
+    // A backlog keeps the relay busy for a while.
+    wait_for("the switch armed", WAIT, || async {
+        (armed(&c).await == Some(true)).then_some(())
+    })
+    .await;
+    enqueue(&c, 60).await;
+    wait_for("the relay busy", WAIT, || async {
+        (rx.count() >= 1).then_some(())
+    })
+    .await;
+    wait_for("the switch disarmed", WAIT, || async {
+        (armed(&c).await == Some(false)).then_some(())
+    })
+    .await;
+
+    let before = *notifications.borrow();
+    for _ in 0..100 {
+        enqueue(&c, 1).await; // 100 separate writing transactions
+    }
+    // A marker through our own NOTIFY proves every earlier notification has
+    // reached this connection.
+    c.batch_execute("NOTIFY webhook_outbox, 'marker'")
+        .await
+        .unwrap();
+    let mut seen = notifications.clone();
+    let after = wait_for("the marker", WAIT, || {
+        let now = *seen.borrow_and_update();
+        async move { (now > before).then_some(now) }
+    })
+    .await;
+    assert_eq!(
+        after - before,
+        1,
+        "writers sent NOTIFY while the relay was busy"
+    );
+
+    // Once the backlog is gone the relay arms again, and writers notify.
+    wait_for("all delivered", Duration::from_secs(60), || async {
+        (count_status(&c, "delivered").await == 160).then_some(())
+    })
+    .await;
+    wait_for("the switch armed again", WAIT, || async {
+        (armed(&c).await == Some(true)).then_some(())
+    })
+    .await;
+    let before = *notifications.borrow();
+    enqueue(&c, 1).await;
+    wait_for("a NOTIFY from the writer", WAIT, || async {
+        (*notifications.borrow() > before).then_some(())
+    })
+    .await;
+    wait_for("delivered", WAIT, || async {
+        (rx.count() >= 161).then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_writer_that_saw_the_switch_off_is_waited_for_when_the_relay_arms() {
+    // The race the settle step closes: a transaction enqueues while the relay
+    // is busy (switch off, so it will not NOTIFY), the relay drains its
+    // backlog and arms, and only then does the transaction commit. Its row was
+    // invisible to the relay's last claim and no NOTIFY comes; with the poll
+    // timer at an hour, only the relay waiting for that transaction to end
+    // delivers it.
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::start(|_| Reply::After(Duration::from_millis(300), 200)).await;
+    let relay = start(
+        &db,
+        config(
+            "poll_interval = \"1h\"",
+            &[("crm", &rx.url, "max_in_flight = 1")],
+        ),
+    )
+    .await;
+    wait_for("the switch armed", WAIT, || async {
+        (armed(&c).await == Some(true)).then_some(())
+    })
+    .await;
+    enqueue(&c, 3).await;
+    wait_for("the switch disarmed", WAIT, || async {
+        (armed(&c).await == Some(false)).then_some(())
+    })
+    .await;
+
+    let writer = db.client().await;
+    writer
+        .batch_execute("BEGIN; SELECT webhook.enqueue('add_credits', '{\"late\": true}')")
+        .await
+        .unwrap();
+    wait_for("the relay idle and armed", WAIT, || async {
+        (armed(&c).await == Some(true)).then_some(())
+    })
+    .await;
+    // Stay open past the relay's first claim after arming, then commit.
+    writer
+        .batch_execute("SELECT pg_sleep(0.2); COMMIT")
+        .await
+        .unwrap();
+    wait_for("the late event delivered", WAIT, || async {
+        rx.requests()
+            .iter()
+            .any(|r| r.json()["late"] == true)
+            .then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn steady_concurrent_writers_are_all_delivered_without_the_poll_timer() {
+    let db = TestDb::new().await;
+    let rx = Receiver::ok().await;
+    let relay = start(
+        &db,
+        config("poll_interval = \"1h\"", &[("crm", &rx.url, "")]),
+    )
+    .await;
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let url = db.url.clone();
+        writers.push(tokio::spawn(async move {
+            let c = crate::support::connect(&url).await;
+            for i in 0..75u64 {
+                // The transaction stays open a moment after enqueueing: the
+                // window in which the relay may arm without this writer seeing it.
+                c.batch_execute(
+                    "BEGIN; SELECT webhook.enqueue('add_credits', '{}'); SELECT pg_sleep(0.01); COMMIT;",
+                )
+                .await
+                .unwrap();
+                // Uneven gaps so commits land on every phase of the relay's cycle.
+                let pause = (i * 7 + w * 3) % 5;
+                if pause > 0 {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let c = db.client().await;
+    wait_for("all 300 delivered without the poll timer", WAIT, || async {
+        (count_status(&c, "delivered").await == 300).then_some(())
+    })
+    .await;
+    assert_eq!(rx.unique_ids(), 300);
+    relay.shutdown().await;
+}
