@@ -163,14 +163,21 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "HTTP error"
     };
-    let mut cause: &dyn std::error::Error = e;
-    let mut detail = None;
-    while let Some(next) = cause.source() {
-        detail = Some(next.to_string());
-        cause = next;
+    // The chain below reqwest's own message says what really happened
+    // ("dns error: failed to lookup address information: ...", "tcp connect
+    // error: Connection refused"); hyper's "client error (Connect)" adds nothing.
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.starts_with("client error (") && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        cause = c.source();
     }
-    match detail {
-        Some(d) => format!("{what}: {d}"),
-        None => what.to_string(),
+    if parts.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {}", parts.join(": "))
     }
 }

@@ -40,7 +40,8 @@ impl Endpoint {
     pub fn new(id: i32, cfg: EndpointConfig) -> Endpoint {
         let limiter = cfg.rate_limit.and_then(|rate| {
             let burst = std::num::NonZeroU32::new(cfg.burst.max(1))?;
-            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))?.allow_burst(burst);
+            let period = Duration::try_from_secs_f64(1.0 / rate).ok()?;
+            let quota = Quota::with_period(period)?.allow_burst(burst);
             Some(RateLimiter::direct(quota))
         });
         Endpoint {

@@ -71,6 +71,16 @@ impl RelayProcess {
         }
     }
 
+    /// The process's peak resident memory (VmHWM), in kB.
+    pub fn peak_rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -88,7 +98,7 @@ impl Drop for RelayProcess {
 
 /// Waits until a relay process has mirrored its endpoints: before that, the
 /// triggers have no endpoint to route events to.
-async fn wait_synced(c: &tokio_postgres::Client) {
+pub async fn wait_synced(c: &tokio_postgres::Client) {
     wait_for("the relay to sync its endpoints", WAIT, || async {
         let n: i64 = c
             .query_one("SELECT count(*) FROM webhook.endpoints WHERE enabled", &[])

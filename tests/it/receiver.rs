@@ -64,6 +64,16 @@ impl Receiver {
     }
 
     pub async fn start(behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::on(listener, behaviour).await
+    }
+
+    /// A receiver on a listener the test bound itself (e.g. a port that was
+    /// refusing connections until now).
+    pub async fn on(
+        listener: tokio::net::TcpListener,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
         let inner = Arc::new(Inner {
             requests: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
@@ -72,7 +82,6 @@ impl Receiver {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
