@@ -26,4 +26,5 @@ pub mod relay;
 pub mod rescuer;
 pub mod retry;
 pub mod sign;
+pub mod ssrf;
 pub mod throwaway;
