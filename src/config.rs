@@ -40,6 +40,21 @@ pub const DEFAULT_NO_RETRY_STATUSES: &[u16] = &[410];
 /// Event codes the reference triggers (sql/triggers.sql) emit.
 pub const BUILTIN_EVENTS: &[&str] = &["user_credits_zero", "post_code_change", "add_credits"];
 
+/// Delivered rows older than this (by `delivered_at`) are removed by retention.
+pub const DEFAULT_RETENTION_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Attempts older than this (by start time) are removed by retention.
+pub const DEFAULT_RETENTION_ATTEMPTS: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most rows one retention statement deletes.
+pub const DEFAULT_RETENTION_BATCH: u32 = 5000;
+/// How often retention looks for rows to remove.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// The word that turns a retention age off (keep the rows forever).
+pub const KEEP_FOREVER: &str = "forever";
+/// An API token has at least this many characters.
+pub const API_TOKEN_MIN_CHARS: usize = 16;
+/// An API token has at most this many characters.
+const API_TOKEN_MAX_CHARS: usize = 256;
+
 /// Secret key material: at least this many bytes after base64 decoding.
 const SECRET_MIN_BYTES: usize = 24;
 /// Secret key material: at most this many bytes after base64 decoding.
@@ -69,7 +84,31 @@ pub struct Config {
     pub lease: Duration,
     pub claim_batch: u32,
     pub shutdown_timeout: Duration,
+    pub retention: RetentionConfig,
+    /// Bearer token that may read every endpoint's events (status API).
+    pub api_admin_token: Option<ApiToken>,
     pub endpoints: Vec<EndpointConfig>,
+}
+
+/// The `[retention]` table: how long history is kept. `None` keeps it forever.
+/// Dead rows are never removed by retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub delivered: Option<Duration>,
+    pub attempts: Option<Duration>,
+    pub batch: u32,
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            delivered: Some(DEFAULT_RETENTION_DELIVERED),
+            attempts: Some(DEFAULT_RETENTION_ATTEMPTS),
+            batch: DEFAULT_RETENTION_BATCH,
+            interval: DEFAULT_RETENTION_INTERVAL,
+        }
+    }
 }
 
 /// One `[[endpoint]]` table.
@@ -91,6 +130,8 @@ pub struct EndpointConfig {
     pub headers: Vec<(String, String)>,
     pub enabled: bool,
     pub no_retry_statuses: Vec<u16>,
+    /// Bearer token that may read this endpoint's events (status API).
+    pub api_token: Option<ApiToken>,
 }
 
 impl EndpointConfig {
@@ -156,6 +197,36 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A bearer token of the status API. Debug never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// Checks length and characters; the error never contains the input.
+    pub fn parse(text: &str) -> Result<ApiToken, String> {
+        let n = text.chars().count();
+        if !(API_TOKEN_MIN_CHARS..=API_TOKEN_MAX_CHARS).contains(&n) {
+            return Err(format!(
+                "an API token must be {API_TOKEN_MIN_CHARS} to {API_TOKEN_MAX_CHARS} characters, this one has {n}"
+            ));
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("an API token may only hold visible ASCII characters (no spaces)".into());
+        }
+        Ok(ApiToken(text.to_string()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The file as written. Value types check themselves while parsing so that the
 // TOML parser reports their line.
@@ -170,6 +241,9 @@ struct RawConfig {
     lease: Option<Spanned<Dur>>,
     claim_batch: Option<Spanned<u32>>,
     shutdown_timeout: Option<Dur>,
+    retention: Option<RawRetention>,
+    api_admin_token: Option<Spanned<TokenText>>,
+    api_admin_token_env: Option<Spanned<String>>,
     #[serde(default)]
     extra_events: Vec<EventCodeName>,
     #[serde(default)]
@@ -197,6 +271,47 @@ struct RawEndpoint {
     headers: BTreeMap<String, Spanned<String>>,
     enabled: Option<bool>,
     no_retry_statuses: Option<Vec<Spanned<u16>>>,
+    api_token: Option<Spanned<TokenText>>,
+    api_token_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    delivered: Option<Keep>,
+    attempts: Option<Keep>,
+    batch: Option<Spanned<u32>>,
+    interval: Option<Spanned<Dur>>,
+}
+
+/// A retention age: a duration above zero, or `"forever"`.
+struct Keep(Option<Duration>);
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == KEEP_FOREVER {
+            return Ok(Keep(None));
+        }
+        match humantime::parse_duration(text.trim()) {
+            Ok(age) if !age.is_zero() => Ok(Keep(Some(age))),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid age {text:?}: write a duration above 0 such as \"7d\" or \"12h\", or \"{KEEP_FOREVER}\""
+            ))),
+        }
+    }
+}
+
+/// An API token as written; its error message never contains the value.
+struct TokenText(ApiToken);
+
+impl<'de> Deserialize<'de> for TokenText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ApiToken::parse(&text)
+            .map(TokenText)
+            .map_err(|e| serde::de::Error::custom(format!("invalid API token: {e}")))
+    }
 }
 
 /// A duration written as `"500ms"`, `"10s"`, `"1h"`.
@@ -316,6 +431,16 @@ impl Config {
 
         let mut endpoints = Vec::with_capacity(raw.endpoint.len());
         let mut names = HashSet::new();
+        // Every API token with where it was given, to refuse duplicates.
+        let mut tokens: Vec<(ApiToken, usize)> = Vec::new();
+        let admin_token = token_or_env(
+            raw.api_admin_token,
+            raw.api_admin_token_env.as_ref(),
+            "",
+            env,
+            &err,
+        )?;
+        tokens.extend(admin_token.clone());
         for ep in raw.endpoint {
             let name_at = ep.name.span().start;
             let name = ep.name.into_inner();
@@ -499,6 +624,15 @@ impl Config {
                 }
             };
 
+            let api_token = token_or_env(
+                ep.api_token,
+                ep.api_token_env.as_ref(),
+                &format!("endpoint {name:?}: "),
+                env,
+                &err,
+            )?;
+            tokens.extend(api_token.clone());
+
             endpoints.push(EndpointConfig {
                 name,
                 url: ep.url.0,
@@ -514,8 +648,48 @@ impl Config {
                 headers,
                 enabled: ep.enabled.unwrap_or(true),
                 no_retry_statuses,
+                api_token: api_token.map(|(t, _)| t),
             });
         }
+
+        // A token must say who is asking, so each one is unique.
+        for (i, (token, at)) in tokens.iter().enumerate() {
+            if tokens[..i].iter().any(|(other, _)| other == token) {
+                return Err(err(
+                    *at,
+                    "this API token is already given to another endpoint or as the admin token; give each its own"
+                        .into(),
+                ));
+            }
+        }
+
+        let retention = match raw.retention {
+            None => RetentionConfig::default(),
+            Some(r) => {
+                let batch = match &r.batch {
+                    None => DEFAULT_RETENTION_BATCH,
+                    Some(b) if *b.get_ref() == 0 || *b.get_ref() > 100_000 => {
+                        return Err(err(b.span().start, "must be 1 to 100000".into()))
+                    }
+                    Some(b) => *b.get_ref(),
+                };
+                let interval = match &r.interval {
+                    None => DEFAULT_RETENTION_INTERVAL,
+                    Some(i) if i.get_ref().0.is_zero() => {
+                        return Err(err(i.span().start, "must be more than 0".into()))
+                    }
+                    Some(i) => i.get_ref().0,
+                };
+                RetentionConfig {
+                    delivered: r
+                        .delivered
+                        .map_or(Some(DEFAULT_RETENTION_DELIVERED), |k| k.0),
+                    attempts: r.attempts.map_or(Some(DEFAULT_RETENTION_ATTEMPTS), |k| k.0),
+                    batch,
+                    interval,
+                }
+            }
+        };
 
         let lease = raw.lease.as_ref().map_or(DEFAULT_LEASE, |l| l.get_ref().0);
         // A claimed row waits at most for its turn under the rate limit (it
@@ -558,6 +732,8 @@ impl Config {
             shutdown_timeout: raw
                 .shutdown_timeout
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            retention,
+            api_admin_token: admin_token.map(|(t, _)| t),
             endpoints,
         })
     }
@@ -578,6 +754,63 @@ impl Config {
                         .into(),
                 )
             })
+    }
+}
+
+/// Only the `database_url` of a config file, for commands that need nothing
+/// else (`status`, `replay`): they must work on a DBA's machine where the
+/// endpoints' secret environment variables are not set. The file must still
+/// be valid TOML.
+pub fn database_url_from_file(path: &Path) -> Result<Option<String>, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {origin}: {e}")))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map(|s| s.start);
+        ConfigError(located(&text, &origin, at, e.message().trim_end()))
+    })?;
+    match table.get("database_url") {
+        None => Ok(None),
+        Some(toml::Value::String(url)) => Ok(Some(url.clone())),
+        Some(_) => Err(ConfigError(format!(
+            "{origin}: database_url must be a string"
+        ))),
+    }
+}
+
+/// An API token given inline or by the name of an environment variable (not
+/// both). `prefix` names the endpoint in messages. Returns the token and where
+/// it was given.
+fn token_or_env(
+    inline: Option<Spanned<TokenText>>,
+    env_key: Option<&Spanned<String>>,
+    prefix: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    err: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<Option<(ApiToken, usize)>, ConfigError> {
+    match (inline, env_key) {
+        (Some(_), Some(key)) => Err(err(
+            key.span().start,
+            format!("{prefix}give the API token inline or by environment variable, not both"),
+        )),
+        (Some(t), None) => {
+            let at = t.span().start;
+            Ok(Some((t.into_inner().0, at)))
+        }
+        (None, Some(key)) => {
+            let var = key.get_ref();
+            let at = key.span().start;
+            let value = env(var)
+                .ok_or_else(|| err(at, format!("{prefix}environment variable {var} is not set")))?;
+            let token = ApiToken::parse(value.trim()).map_err(|e| {
+                err(
+                    at,
+                    format!("{prefix}environment variable {var} holds an invalid API token: {e}"),
+                )
+            })?;
+            Ok(Some((token, at)))
+        }
+        (None, None) => Ok(None),
     }
 }
 

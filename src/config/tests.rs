@@ -238,3 +238,125 @@ fn urls_with_passwords_are_redacted_for_display() {
         "{shown}"
     );
 }
+
+#[test]
+fn retention_defaults_and_keys() {
+    let cfg = parse(&endpoint("")).unwrap();
+    assert_eq!(cfg.retention, RetentionConfig::default());
+    assert_eq!(cfg.retention.delivered, Some(DEFAULT_RETENTION_DELIVERED));
+    assert_eq!(cfg.retention.attempts, Some(DEFAULT_RETENTION_ATTEMPTS));
+
+    let cfg = parse(&format!(
+        "[retention]\ndelivered = \"2d\"\nattempts = \"forever\"\nbatch = 100\ninterval = \"30s\"\n{}",
+        endpoint("")
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.retention,
+        RetentionConfig {
+            delivered: Some(Duration::from_secs(2 * 24 * 3600)),
+            attempts: None,
+            batch: 100,
+            interval: Duration::from_secs(30),
+        }
+    );
+    // Keys left out of the table keep their defaults.
+    let cfg = parse(&format!("[retention]\nbatch = 10\n{}", endpoint(""))).unwrap();
+    assert_eq!(cfg.retention.delivered, Some(DEFAULT_RETENTION_DELIVERED));
+}
+
+#[test]
+fn bad_retention_values_are_refused() {
+    let msg = error_of("[retention]\ndelivered = \"0s\"\n");
+    assert!(
+        msg.contains("line 2 (delivered)") && msg.contains("forever"),
+        "{msg}"
+    );
+    assert!(error_of("[retention]\nattempts = \"soon\"\n").contains("line 2 (attempts)"));
+    assert!(error_of("[retention]\nbatch = 0\n").contains("1 to 100000"));
+    assert!(error_of("[retention]\ninterval = \"0s\"\n").contains("more than 0"));
+    assert!(error_of("[retention]\nkeep = \"1d\"\n").contains("unknown field `keep`"));
+}
+
+#[test]
+fn api_tokens_are_read_checked_and_never_echoed() {
+    let admin = "admin-token-0123456789";
+    let crm = "crm-token-0123456789";
+    let cfg = parse(&format!(
+        "api_admin_token = \"{admin}\"\n{}",
+        endpoint(&format!("api_token = \"{crm}\""))
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.api_admin_token.as_ref().unwrap().as_bytes(),
+        admin.as_bytes()
+    );
+    assert_eq!(
+        cfg.endpoints[0].api_token.as_ref().unwrap().as_bytes(),
+        crm.as_bytes()
+    );
+    assert!(!format!("{cfg:?}").contains(admin), "Debug shows the token");
+
+    // From the environment.
+    let text = format!(
+        "api_admin_token_env = \"ADMIN_TOKEN\"\n{}",
+        endpoint("api_token_env = \"CRM_TOKEN\"")
+    );
+    let env = |name: &str| match name {
+        "ADMIN_TOKEN" => Some(admin.to_string()),
+        "CRM_TOKEN" => Some(crm.to_string()),
+        _ => None,
+    };
+    let cfg = Config::parse(&text, "relay.toml", &env).unwrap();
+    assert!(cfg.api_admin_token.is_some() && cfg.endpoints[0].api_token.is_some());
+    assert!(parse(&text)
+        .unwrap_err()
+        .0
+        .contains("ADMIN_TOKEN is not set"));
+
+    // Too short, bad characters, both forms, duplicates.
+    let msg = error_of("api_admin_token = \"short\"\n");
+    assert!(
+        msg.contains("line 1 (api_admin_token)") && msg.contains("16 to 256"),
+        "{msg}"
+    );
+    assert!(!msg.contains("\"short\""), "{msg}");
+    let msg = error_of("api_admin_token = \"has a space in the middle\"\n");
+    assert!(msg.contains("visible ASCII"), "{msg}");
+    let msg = error_of(&endpoint(&format!(
+        "api_token = \"{crm}\"\napi_token_env = \"X\""
+    )));
+    assert!(msg.contains("not both"), "{msg}");
+    let msg = error_of(&format!(
+        "api_admin_token = \"{crm}\"\n{}",
+        endpoint(&format!("api_token = \"{crm}\""))
+    ));
+    assert!(
+        msg.contains("line 7 (api_token)") && msg.contains("give each its own"),
+        "{msg}"
+    );
+    assert!(!msg.contains(crm), "{msg}");
+}
+
+#[test]
+fn the_database_url_alone_is_read_without_validating_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    // secret_env names a variable that is not set: `run` would refuse this.
+    let text = endpoint("").replace(
+        &format!("secret = \"{SECRET}\""),
+        "secret_env = \"NOT_SET_ANYWHERE_42\"",
+    );
+    std::fs::write(&path, format!("database_url = \"postgres://x/y\"\n{text}")).unwrap();
+    assert_eq!(
+        database_url_from_file(&path).unwrap().as_deref(),
+        Some("postgres://x/y")
+    );
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(database_url_from_file(&path).unwrap(), None);
+    std::fs::write(&path, "database_url = [\n").unwrap();
+    assert!(database_url_from_file(&path)
+        .unwrap_err()
+        .0
+        .contains("line 2"));
+}
