@@ -4,7 +4,7 @@
 //! connected to: hostnames through the HTTP client's resolver (only checked
 //! addresses are handed to the connector), IP literals before the request.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -148,14 +148,25 @@ mod tests {
         ] {
             assert_eq!(non_public(ip(addr)), Some(kind), "{addr}");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1", "100.128.0.1"] {
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "172.32.0.1",
+            "100.128.0.1",
+        ] {
             assert_eq!(non_public(ip(public)), None, "{public}");
         }
     }
 
     #[test]
     fn the_allowlist_wins() {
-        let guard = Guard { allow: vec!["127.0.0.0/8".parse().unwrap(), "10.20.0.0/16".parse().unwrap()] };
+        let guard = Guard {
+            allow: vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "10.20.0.0/16".parse().unwrap(),
+            ],
+        };
         assert!(guard.check(ip("127.0.0.1")).is_ok());
         assert!(guard.check(ip("10.20.3.4")).is_ok());
         let err = guard.check(ip("10.21.0.1")).unwrap_err();
