@@ -4,10 +4,29 @@
 //!
 //! # Layout
 //!
+//! The relay daemon (`outbox-relay run`), in the order a row flows:
+//!
+//! - [`relay`]: wires the tasks below together and takes them down in order.
+//! - [`listener`]: the dedicated LISTEN connection; NOTIFYs become wake-ups.
+//! - [`dispatcher`]: one loop per endpoint: claim due rows under a lease, hand them to delivery tasks.
+//! - [`deliver`]: one attempt: sign, rate-limit, POST, read a bounded excerpt of the answer.
+//! - [`sign`]: Standard Webhooks signing, pure.
+//! - [`ssrf`]: the optional guard against delivering to non-public addresses.
+//! - [`retry`]: when to try again, or give up, pure.
+//! - [`completer`]: writes outcomes back to the outbox and attempts tables in batches.
+//! - [`rescuer`]: expired leases back to pending; the row counts behind `/metrics`.
+//! - [`retention`]: removes old delivered rows and attempts in bounded batches.
+//! - [`http`]: the server on `listen`: health, readiness and metrics.
+//! - [`metrics`]: Prometheus metrics and the readiness flags.
+//!
+//! Shared ground and the other commands:
+//!
 //! - [`config`]: the TOML config file, its defaults and validation.
-//! - [`db`]: connecting to Postgres.
-//! - [`demo`]: `outbox-relay demo`, the whole pipeline on a throwaway cluster with a scripted story.
+//! - [`db`]: connecting to Postgres; the relay's reconnecting connections.
 //! - [`migrate`]: embedded migrations, schema version check, endpoint mirror.
+//! - [`status`]: `outbox-relay status`, per-endpoint queue state as a table or JSON.
+//! - [`replay`]: `outbox-relay replay`, requeueing rows through `webhook.replay`.
+//! - [`demo`]: `outbox-relay demo`, the whole pipeline on a throwaway cluster with a scripted story.
 //! - [`receiver`]: a local receiver that verifies signatures (`outbox-relay receive`, the demo).
 //! - [`throwaway`]: a temporary Postgres cluster for the demo, benchmarks and tests.
 
@@ -23,8 +42,11 @@ pub mod metrics;
 pub mod migrate;
 pub mod receiver;
 pub mod relay;
+pub mod replay;
 pub mod rescuer;
+pub mod retention;
 pub mod retry;
 pub mod sign;
 pub mod ssrf;
+pub mod status;
 pub mod throwaway;

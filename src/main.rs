@@ -1,14 +1,18 @@
 //! The `outbox-relay` command line: parse, load config, set up logging, hand
-//! off to the library. Exit status: 0 success, 2 bad config or usage, 1 any
-//! other failure, 130 for a demo stopped by Ctrl-C (after cleaning up).
+//! off to the library. Exit status (docs/configuration.md): 0 success or a
+//! clean stop, 2 bad config or usage, 1 any other failure (database
+//! unreachable, schema too old, a replay refused), 130 for a demo stopped by
+//! Ctrl-C (after cleaning up).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use outbox_relay::config::{self, Config, ConfigError, Secret};
-use outbox_relay::{db, demo, migrate, receiver, relay, sign};
+use outbox_relay::replay::Selection;
+use outbox_relay::{db, demo, migrate, receiver, relay, replay, sign, status};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +52,17 @@ enum Command {
     Run,
     /// Print a fresh endpoint secret (whsec_ + base64 of 32 random bytes).
     GenSecret,
+    /// Per endpoint: rows by status, age of the oldest pending row, the last
+    /// five minutes' deliveries and failures, and the latest error.
+    Status {
+        /// Print stable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requeue rows with a fresh attempt budget (webhook.replay): one row by
+    /// id, or every row of an endpoint (or all endpoints) in a status
+    /// (dead by default) created in a time range.
+    Replay(ReplayArgs),
     /// Zero set-up tour: a throwaway Postgres, the reference schema and
     /// triggers, a verifying receiver and the relay, driven by a short story
     /// of app writes; cleans up after itself (also on Ctrl-C).
@@ -71,6 +86,47 @@ enum Command {
               value_parser = clap::value_parser!(u16).range(200..=599))]
         status: u16,
     },
+}
+
+#[derive(clap::Args)]
+#[command(group(ArgGroup::new("rows").required(true).args(["id", "endpoint", "all_endpoints"])))]
+struct ReplayArgs {
+    /// The outbox row (webhook.outbox.id) to replay.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["status", "since", "until"])]
+    id: Option<i64>,
+    /// Replay this endpoint's rows.
+    #[arg(long, value_name = "NAME")]
+    endpoint: Option<String>,
+    /// Replay matching rows of every endpoint.
+    #[arg(long)]
+    all_endpoints: bool,
+    /// Rows in this status.
+    #[arg(long, value_enum, default_value_t = ReplayStatus::Dead)]
+    status: ReplayStatus,
+    /// Rows created at or after TIME (2024-05-01T12:00:00Z, 2024-05-01, or an
+    /// age such as 2h).
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
+    since: Option<SystemTime>,
+    /// Rows created before TIME (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
+    until: Option<SystemTime>,
+    /// Only print how many rows would be replayed.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReplayStatus {
+    /// Rows that gave up (the usual case).
+    Dead,
+    /// Delivered rows: send them again.
+    Delivered,
+    /// Rows waiting for a retry: retry now, with a fresh budget.
+    Pending,
+}
+
+fn time_arg(text: &str) -> Result<SystemTime, String> {
+    replay::parse_time(text, SystemTime::now())
 }
 
 fn main() -> ExitCode {
@@ -135,6 +191,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime.block_on(relay::run_until_signal(cfg, url))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { json } => {
+            let url = database_url_only(&cli)?;
+            runtime.block_on(async {
+                let client = db::connect_simple(&url).await?;
+                migrate::check_schema_version(&client).await?;
+                let report = status::collect(&client).await?;
+                if json {
+                    let text = serde_json::to_string_pretty(&report)
+                        .context("writing the report as JSON")?;
+                    println!("{text}");
+                } else {
+                    print!("{}", status::render_table(&report));
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Replay(ref args) => {
+            let url = database_url_only(&cli)?;
+            let selection = match args.id {
+                Some(id) => Selection::One(id),
+                None => Selection::Matching {
+                    endpoint: args.endpoint.clone(),
+                    status: match args.status {
+                        ReplayStatus::Dead => "dead",
+                        ReplayStatus::Delivered => "delivered",
+                        ReplayStatus::Pending => "pending",
+                    }
+                    .into(),
+                    since: args.since,
+                    until: args.until,
+                },
+            };
+            runtime.block_on(async {
+                let client = db::connect_simple(&url).await?;
+                migrate::check_schema_version(&client).await?;
+                let n = replay::replay(&client, &selection, args.dry_run).await?;
+                let what = describe_selection(&selection);
+                if args.dry_run {
+                    println!("would replay {n} row(s): {what}");
+                } else if n == 0 {
+                    println!("no rows matched, nothing replayed: {what}");
+                } else {
+                    println!("replayed {n} row(s): {what}; a running relay picks them up at once");
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::GenSecret => {
             println!("{}", sign::generate_secret().encode());
             Ok(ExitCode::SUCCESS)
@@ -175,6 +278,57 @@ fn database_url(cli: &Cli, cfg: Option<&Config>) -> Result<String> {
         None => flag.map(str::to_owned).or(env).ok_or_else(|| {
             ConfigError("no database: pass --database-url or set DATABASE_URL".into()).into()
         }),
+    }
+}
+
+/// For commands that only need the database (status, replay): flag, then
+/// DATABASE_URL, then `database_url` of the config file (`--config`, or
+/// relay.toml if it exists), which is not otherwise validated.
+fn database_url_only(cli: &Cli) -> Result<String> {
+    let env = std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty());
+    if let Some(url) = cli.database_url.clone().or(env) {
+        return Ok(url);
+    }
+    let path = match &cli.config {
+        Some(path) => Some(path.clone()),
+        None => Some(config::default_path()).filter(|p| p.exists()),
+    };
+    let from_file = match &path {
+        Some(path) => config::database_url_from_file(path)?,
+        None => None,
+    };
+    from_file.ok_or_else(|| {
+        ConfigError(
+            "no database: pass --database-url, set DATABASE_URL, or give a config file with database_url"
+                .into(),
+        )
+        .into()
+    })
+}
+
+/// The rows a replay selects, in words.
+fn describe_selection(selection: &Selection) -> String {
+    match selection {
+        Selection::One(id) => format!("outbox row {id}"),
+        Selection::Matching {
+            endpoint,
+            status,
+            since,
+            until,
+        } => {
+            let mut text = format!("{status} rows of ");
+            match endpoint {
+                Some(name) => text.push_str(&format!("endpoint {name:?}")),
+                None => text.push_str("every endpoint"),
+            }
+            if let Some(t) = since {
+                text.push_str(&format!(" created from {}", replay::describe(*t)));
+            }
+            if let Some(t) = until {
+                text.push_str(&format!(" created before {}", replay::describe(*t)));
+            }
+            text
+        }
     }
 }
 

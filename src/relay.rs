@@ -1,6 +1,6 @@
 //! Wires the relay's tasks together: listener, one dispatcher loop per
-//! endpoint, delivery tasks, completer, rescuer, sampler and the HTTP server;
-//! and takes them down in order on shutdown.
+//! endpoint, delivery tasks, completer, rescuer, sampler, retention and the
+//! HTTP server (health, metrics); and takes them down in order on shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::db::{self, Db};
 use crate::dispatcher::{self, Endpoint, Shared};
 use crate::metrics::Metrics;
-use crate::{completer, deliver, http, listener, migrate, rescuer};
+use crate::{completer, deliver, http, listener, migrate, rescuer, retention};
 
 /// Capacity of the channel from delivery tasks to the completer.
 const OUTCOME_QUEUE: usize = 10_000;
@@ -129,6 +129,13 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
         rescue_every,
         background.clone(),
     ));
+    // Retention's runs of deletes get a connection of their own, so they
+    // never delay the rescuer.
+    let retention_task = tokio::spawn(retention::run(
+        Arc::new(Db::new(database_url.clone(), metrics.clone())),
+        cfg.retention.clone(),
+        background.clone(),
+    ));
     let names: Vec<String> = cfg.endpoints.iter().map(|e| e.name.clone()).collect();
     let sampler_task = tokio::spawn(rescuer::run_sampler(
         housekeeping_db,
@@ -181,7 +188,13 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
         let _ = completer_task.await;
         timer.abort();
         background.cancel();
-        let _ = tokio::join!(listener_task, rescuer_task, sampler_task, http_task);
+        let _ = tokio::join!(
+            listener_task,
+            rescuer_task,
+            sampler_task,
+            retention_task,
+            http_task
+        );
         tracing::info!("relay stopped");
     });
 

@@ -7,6 +7,7 @@ mod cli;
 mod delivery;
 mod demo;
 mod fuzz;
+mod operations;
 mod process;
 mod receiver;
 mod reliability;

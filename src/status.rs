@@ -1,0 +1,295 @@
+//! `outbox-relay status`: per endpoint, rows by status, how long the oldest
+//! pending row has waited, the last five minutes' deliveries and failures and
+//! the latest error; a table for people, stable JSON (`--json`) for scripts.
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+/// Longest error shown in the table; `--json` carries it whole.
+const TABLE_ERROR_CHARS: usize = 160;
+
+/// The whole report, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointStatus {
+    pub name: String,
+    pub enabled: bool,
+    pub rows: Rows,
+    /// Age of the oldest pending row (since it was written); null if none.
+    pub oldest_pending_seconds: Option<f64>,
+    pub last_5m: Recent,
+    /// The newest failed attempt still in webhook.attempts; null if none.
+    pub latest_error: Option<LatestError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rows {
+    pub pending: i64,
+    pub in_flight: i64,
+    pub delivered: i64,
+    pub dead: i64,
+}
+
+/// Attempts in the last five minutes.
+#[derive(Debug, Serialize)]
+pub struct Recent {
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatestError {
+    pub at: String,
+    /// Seconds between the attempt and the report.
+    pub age_seconds: f64,
+    pub outbox_id: i64,
+    pub event_id: String,
+    pub attempt: i32,
+    pub response_status: Option<i32>,
+    pub error: String,
+}
+
+/// Reads the report (one statement, sql/status.sql).
+pub async fn collect(client: &Client) -> Result<Report> {
+    let now = Utc::now();
+    let rows = client
+        .query(include_str!("../sql/status.sql"), &[])
+        .await
+        .context("reading the endpoints' status")?;
+    let endpoints = rows
+        .iter()
+        .map(|r| {
+            let error_at: Option<DateTime<Utc>> = r.get(9);
+            EndpointStatus {
+                name: r.get(0),
+                enabled: r.get(1),
+                rows: Rows {
+                    pending: r.get(2),
+                    in_flight: r.get(3),
+                    delivered: r.get(4),
+                    dead: r.get(5),
+                },
+                oldest_pending_seconds: r.get(6),
+                last_5m: Recent {
+                    delivered: r.get(7),
+                    failed: r.get(8),
+                },
+                latest_error: error_at.map(|at| LatestError {
+                    at: at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                    age_seconds: (now - at).num_milliseconds().max(0) as f64 / 1000.0,
+                    outbox_id: r.get(10),
+                    event_id: r.get(11),
+                    attempt: r.get(12),
+                    response_status: r.get(13),
+                    error: r.get(14),
+                }),
+            }
+        })
+        .collect();
+    Ok(Report {
+        generated_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        endpoints,
+    })
+}
+
+/// The report as a table, then one line per endpoint's latest error.
+pub fn render_table(report: &Report) -> String {
+    if report.endpoints.is_empty() {
+        return "No endpoints in webhook.endpoints: run `outbox-relay migrate --config FILE` \
+                or start the relay.\n"
+            .into();
+    }
+    let header = [
+        "ENDPOINT",
+        "ENABLED",
+        "PENDING",
+        "IN FLIGHT",
+        "DELIVERED",
+        "DEAD",
+        "OLDEST PENDING",
+        "DELIVERED 5M",
+        "FAILED 5M",
+    ];
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for ep in &report.endpoints {
+        lines.push(vec![
+            ep.name.clone(),
+            if ep.enabled { "yes" } else { "no" }.into(),
+            ep.rows.pending.to_string(),
+            ep.rows.in_flight.to_string(),
+            ep.rows.delivered.to_string(),
+            ep.rows.dead.to_string(),
+            ep.oldest_pending_seconds.map_or("-".into(), age),
+            ep.last_5m.delivered.to_string(),
+            ep.last_5m.failed.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in &lines {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                // Names and words left, numbers right.
+                if i < 2 || i == 6 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push('\n');
+    let errors: Vec<_> = report
+        .endpoints
+        .iter()
+        .filter_map(|ep| ep.latest_error.as_ref().map(|e| (&ep.name, e)))
+        .collect();
+    if errors.is_empty() {
+        out.push_str("No failed attempts on record.\n");
+    } else {
+        out.push_str("Latest errors:\n");
+        for (name, e) in errors {
+            out.push_str(&format!(
+                "  {name}: {} ago, row {} ({}) attempt {}: {}\n",
+                age(e.age_seconds),
+                e.outbox_id,
+                e.event_id,
+                e.attempt,
+                one_line(&e.error, TABLE_ERROR_CHARS)
+            ));
+        }
+    }
+    out
+}
+
+/// Whole seconds, as "4m 12s".
+fn age(seconds: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds.max(0.0) as u64)).to_string()
+}
+
+/// Control characters flattened, cut at `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}...")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            generated_at: "2024-05-01T12:00:00.000Z".into(),
+            endpoints: vec![
+                EndpointStatus {
+                    name: "billing".into(),
+                    enabled: false,
+                    rows: Rows {
+                        pending: 0,
+                        in_flight: 0,
+                        delivered: 12,
+                        dead: 0,
+                    },
+                    oldest_pending_seconds: None,
+                    last_5m: Recent {
+                        delivered: 0,
+                        failed: 0,
+                    },
+                    latest_error: None,
+                },
+                EndpointStatus {
+                    name: "crm".into(),
+                    enabled: true,
+                    rows: Rows {
+                        pending: 3,
+                        in_flight: 1,
+                        delivered: 1200,
+                        dead: 2,
+                    },
+                    oldest_pending_seconds: Some(252.7),
+                    last_5m: Recent {
+                        delivered: 30,
+                        failed: 2,
+                    },
+                    latest_error: Some(LatestError {
+                        at: "2024-05-01T11:59:48.000Z".into(),
+                        age_seconds: 12.0,
+                        outbox_id: 77,
+                        event_id: "evt_1".into(),
+                        attempt: 3,
+                        response_status: Some(503),
+                        error: "HTTP 503\nService Unavailable".into(),
+                    }),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_table_lines_up_and_lists_latest_errors() {
+        let text = render_table(&report());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ENDPOINT  ENABLED  PENDING  IN FLIGHT  DELIVERED  DEAD  OLDEST PENDING  DELIVERED 5M  FAILED 5M"
+        );
+        assert_eq!(
+            lines[1],
+            "billing   no             0          0         12     0  -                          0          0"
+        );
+        assert_eq!(
+            lines[2],
+            "crm       yes            3          1       1200     2  4m 12s                    30          2"
+        );
+        assert_eq!(lines[4], "Latest errors:");
+        assert_eq!(
+            lines[5],
+            "  crm: 12s ago, row 77 (evt_1) attempt 3: HTTP 503 Service Unavailable"
+        );
+    }
+
+    #[test]
+    fn json_keys_are_stable() {
+        let json = serde_json::to_value(report()).unwrap();
+        let crm = &json["endpoints"][1];
+        assert_eq!(crm["rows"]["delivered"], 1200);
+        assert_eq!(crm["last_5m"]["failed"], 2);
+        assert_eq!(crm["latest_error"]["response_status"], 503);
+        assert!(json["endpoints"][0]["latest_error"].is_null());
+        assert!(json["endpoints"][0]["oldest_pending_seconds"].is_null());
+    }
+
+    #[test]
+    fn long_errors_are_cut_in_the_table() {
+        assert_eq!(one_line("abcdef", 3), "abc...");
+        assert_eq!(one_line("a\tb", 10), "a b");
+    }
+}
