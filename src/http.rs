@@ -1,4 +1,5 @@
-//! The relay's own HTTP server on `listen`: `/healthz`, `/readyz`, `/metrics`.
+//! The relay's own HTTP server on `listen`: `/healthz`, `/readyz`, `/metrics`,
+//! and the token-protected event status API of [`crate::api`].
 
 use std::sync::Arc;
 
@@ -6,17 +7,25 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, Api};
 use crate::metrics::Metrics;
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(metrics: Arc<Metrics>, api: Arc<Api>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(metrics)
+        .merge(api::routes(api))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({ "error": "not found" })),
+            )
+        })
 }
 
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -44,9 +53,10 @@ async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    api: Arc<Api>,
     shutdown: CancellationToken,
 ) {
-    let result = axum::serve(listener, router(metrics))
+    let result = axum::serve(listener, router(metrics, api))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     if let Err(e) = result {

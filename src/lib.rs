@@ -16,7 +16,8 @@
 //! - [`completer`]: writes outcomes back to the outbox and attempts tables in batches.
 //! - [`rescuer`]: expired leases back to pending; the row counts behind `/metrics`.
 //! - [`retention`]: removes old delivered rows and attempts in bounded batches.
-//! - [`http`]: the server on `listen`: health, readiness and metrics.
+//! - [`http`]: the server on `listen`: health, readiness, metrics and the status API.
+//! - [`api`]: the token-protected, read-only event status API.
 //! - [`metrics`]: Prometheus metrics and the readiness flags.
 //!
 //! Shared ground and the other commands:
@@ -30,6 +31,7 @@
 //! - [`receiver`]: a local receiver that verifies signatures (`outbox-relay receive`, the demo).
 //! - [`throwaway`]: a temporary Postgres cluster for the demo, benchmarks and tests.
 
+pub mod api;
 pub mod completer;
 pub mod config;
 pub mod db;

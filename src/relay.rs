@@ -1,6 +1,7 @@
 //! Wires the relay's tasks together: listener, one dispatcher loop per
 //! endpoint, delivery tasks, completer, rescuer, sampler, retention and the
-//! HTTP server (health, metrics); and takes them down in order on shutdown.
+//! HTTP server (health, metrics, status API); and takes them down in order on
+//! shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::{Api, Tokens};
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::dispatcher::{self, Endpoint, Shared};
@@ -32,7 +34,7 @@ pub struct Relay {
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     pub metrics: Arc<Metrics>,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    /// Where `/healthz`, `/readyz`, `/metrics` and the status API are served.
     pub http_addr: SocketAddr,
 }
 
@@ -70,9 +72,16 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let http_addr = http_listener
         .local_addr()
         .context("reading the bound address")?;
+    // The status API has a connection of its own, made on first use, so its
+    // readers never queue behind claims or write-backs.
+    let api = Arc::new(Api::new(
+        Db::new(database_url.clone(), metrics.clone()),
+        Tokens::from_config(&cfg),
+    ));
     let http_task = tokio::spawn(http::serve(
         http_listener,
         metrics.clone(),
+        api,
         shutdown.clone(),
     ));
 

@@ -1,0 +1,2 @@
+-- Status API: the endpoint named $1.
+SELECT endpoint_id FROM webhook.endpoints WHERE name = $1
