@@ -25,7 +25,7 @@ use crate::{completer, deliver, http, listener, migrate, rescuer, retention};
 const OUTCOME_QUEUE: usize = 10_000;
 /// How long the completer keeps retrying a write at shutdown when the
 /// database is down, before leaving the rows to their leases.
-const FINAL_WRITE_GRACE: Duration = Duration::from_secs(10);
+pub const FINAL_WRITE_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait between attempts to reach the database at start.
 const START_MAX_BACKOFF: Duration = Duration::from_secs(10);
 

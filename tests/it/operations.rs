@@ -987,3 +987,102 @@ async fn json_logs_are_one_object_per_line_with_span_fields() {
         "a secret reached the log"
     );
 }
+
+#[test]
+fn the_packaging_examples_fit_the_binary() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+
+    // The example config is valid with the variables the example env file sets.
+    let env_file = read("examples/outbox-relay.env");
+    let vars: Vec<&str> = env_file
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    let tokens = ["admin-token-0123456789abcdef", "crm-token-0123456789abcdef"];
+    let env = |name: &str| {
+        assert!(
+            vars.contains(&name),
+            "examples/outbox-relay.env lacks {name}"
+        );
+        Some(match name {
+            "CRM_WEBHOOK_SECRET" => SECRET.to_string(),
+            "RELAY_API_ADMIN_TOKEN" => tokens[0].to_string(),
+            _ => tokens[1].to_string(),
+        })
+    };
+    let cfg = outbox_relay::config::Config::parse(
+        &read("examples/relay.toml"),
+        "examples/relay.toml",
+        &env,
+    )
+    .unwrap();
+    assert!(vars.contains(&"DATABASE_URL") && cfg.database_url.is_none());
+
+    // The unit stops with SIGTERM and waits long enough for a graceful stop.
+    let unit = read("examples/outbox-relay.service");
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("the unit has no {key}="))
+            .to_string()
+    };
+    assert_eq!(value("KillSignal"), "SIGTERM");
+    assert_eq!(value("Restart"), "on-failure");
+    assert!(value("EnvironmentFile").starts_with("/etc/outbox-relay/"));
+    assert!(value("ExecStart").contains(" run --config /etc/outbox-relay/relay.toml"));
+    let stop = humantime::parse_duration(&value("TimeoutStopSec")).unwrap();
+    assert!(
+        stop > cfg.shutdown_timeout + outbox_relay::relay::FINAL_WRITE_GRACE,
+        "TimeoutStopSec {stop:?} does not cover a graceful stop"
+    );
+    // systemd's own check, where systemd is installed.
+    if let Ok(analyze) = which("systemd-analyze") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox-relay.service");
+        std::fs::write(&path, unit.replace("/usr/local/bin/outbox-relay", BIN)).unwrap();
+        let out = Command::new(analyze)
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success() && text.trim().is_empty(),
+            "systemd-analyze verify: {text}"
+        );
+    }
+
+    // The Dockerfile builds in one stage and runs unprivileged in another, and
+    // copies every directory the build needs: the binaries' sources, and what
+    // the relay embeds (sql/, migrations/).
+    let docker = read("Dockerfile");
+    assert_eq!(docker.lines().filter(|l| l.starts_with("FROM ")).count(), 2);
+    assert!(docker.contains("COPY --from=build "));
+    assert!(docker.contains("USER 10001"));
+    assert!(docker.contains("ENTRYPOINT [\"outbox-relay\"]"));
+    let manifest: toml::Table = toml::from_str(&read("Cargo.toml")).unwrap();
+    let mut dirs = vec!["src".to_string(), "sql".into(), "migrations".into()];
+    for bin in manifest["bin"].as_array().unwrap() {
+        let path = bin["path"].as_str().unwrap();
+        dirs.push(path.split('/').next().unwrap().to_string());
+    }
+    for dir in dirs {
+        assert!(
+            docker.contains(&format!("COPY {dir} ./{dir}")),
+            "the Dockerfile does not copy {dir}/"
+        );
+    }
+}
+
+/// The path of a program on PATH.
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
