@@ -120,6 +120,7 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
         }
 
         // 2. Claim (after the settle check, when settling).
+        tracing::trace!(endpoint = %ep.cfg.name, slots = permits.len(), "claiming");
         let step = claim_step(&shared, &ep, &state, permits.len()).await;
         let (settled, rows) = match step {
             Ok(v) => {
@@ -139,6 +140,7 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
             }
         };
 
+        tracing::trace!(endpoint = %ep.cfg.name, rows = rows.len(), "claimed");
         if !rows.is_empty() {
             if !matches!(state, Wakeup::Busy) {
                 disarm(&shared, &ep);

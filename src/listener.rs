@@ -99,6 +99,7 @@ async fn session(
                 }
                 // Coalesce a burst into one wake-up.
                 while notifications.try_recv().is_ok() {}
+                tracing::trace!("NOTIFY received; waking the endpoint loops");
                 wake.send_modify(|n| *n += 1);
             }
             _ = ping.tick() => {
