@@ -1,3 +1,5 @@
+use base64::Engine as _;
+
 use super::*;
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
