@@ -1,8 +1,9 @@
 -- Claim up to $2 due pending rows of endpoint $1, oldest first, under a lease
 -- of $3 seconds for relay $4. Autocommit: the row locks last only for this
 -- statement; the lease (status in_flight + lease_expires_at) is what keeps
--- other relays away while the request is made. attempts is the fence: a
--- write-back must name the attempt number it was claimed with.
+-- other relays away while the request is made. The returned attempts and
+-- lease_expires_at are the fence: a write-back must name both, so it only
+-- lands on the very claim it belongs to.
 WITH due AS (
     SELECT id
       FROM webhook.outbox
@@ -20,4 +21,4 @@ UPDATE webhook.outbox o
        claimed_by = $4
   FROM due
  WHERE o.id = due.id
-RETURNING o.id, o.event_id, o.attempts, o.payload::text
+RETURNING o.id, o.event_id, o.attempts, o.payload::text, o.lease_expires_at

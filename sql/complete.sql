@@ -1,15 +1,16 @@
 -- Write back a batch of attempt outcomes and record each attempt, in one
 -- statement. The fence: a row is only updated while it is still in_flight
--- under the attempt number it was claimed with, so a relay whose lease ran
--- out cannot overwrite a newer claim's outcome; its attempt is not recorded.
+-- under the claim the outcome belongs to (its attempt number and lease), so
+-- a relay whose lease ran out cannot overwrite a newer claim's outcome, even
+-- after a replay reset the attempt count; its attempt is not recorded.
 -- $1 ids, $2 attempt numbers, $3 new statuses, $4 start times, $5 durations
 -- (ms), $6 response statuses, $7 body excerpts, $8 errors, $9 next attempt
--- times (NULL: unchanged), $10 relay name.
+-- times (NULL: unchanged), $10 relay name, $11 the claims' lease ends.
 WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::int[],
-                  $6::int[], $7::text[], $8::text[], $9::timestamptz[])
-           AS r(id, attempt, status, started_at, ms, response_status, response_body, error, next_attempt_at)
+                  $6::int[], $7::text[], $8::text[], $9::timestamptz[], $11::timestamptz[])
+           AS r(id, attempt, status, started_at, ms, response_status, response_body, error, next_attempt_at, lease)
 ), updated AS (
     UPDATE webhook.outbox o
        SET status = r.status,
@@ -25,6 +26,7 @@ WITH r AS (
       FROM r
      WHERE o.id = r.id
        AND o.attempts = r.attempt
+       AND o.lease_expires_at = r.lease
        AND o.status = 'in_flight'
     RETURNING o.id
 )

@@ -19,13 +19,19 @@ pub enum Done {
     /// An attempt was made (or the row was given up without one).
     Attempted(Completion),
     /// The row goes back to pending unattempted (shutdown deadline).
-    Released { id: i64, attempt: i32 },
+    Released {
+        id: i64,
+        attempt: i32,
+        lease: SystemTime,
+    },
 }
 
 #[derive(Debug)]
 pub struct Completion {
     pub id: i64,
     pub attempt: i32,
+    /// The lease end the row was claimed with (the fence, with `attempt`).
+    pub lease: SystemTime,
     /// `delivered`, `pending` (retry later) or `dead`.
     pub status: &'static str,
     pub started_at: SystemTime,
@@ -95,6 +101,8 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
     let mut next_at = Vec::new();
     let mut released_ids = Vec::new();
     let mut released_attempts = Vec::new();
+    let mut leases = Vec::new();
+    let mut released_leases = Vec::new();
     for done in batch {
         match done {
             Done::Attempted(c) => {
@@ -107,10 +115,12 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
                 bodies.push(c.response_body.as_deref());
                 errors.push(c.error.as_deref());
                 next_at.push(c.next_attempt_at);
+                leases.push(c.lease);
             }
-            Done::Released { id, attempt } => {
+            Done::Released { id, attempt, lease } => {
                 released_ids.push(*id);
                 released_attempts.push(*attempt);
+                released_leases.push(*lease);
             }
         }
     }
@@ -130,6 +140,7 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
                     &errors,
                     &next_at,
                     &relay_name,
+                    &leases,
                 ],
             )
             .await;
@@ -145,7 +156,10 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
     if !released_ids.is_empty() {
         let r = conn
             .client
-            .execute(&conn.st.release, &[&released_ids, &released_attempts])
+            .execute(
+                &conn.st.release,
+                &[&released_ids, &released_attempts, &released_leases],
+            )
             .await;
         db.report(&r);
         r?;

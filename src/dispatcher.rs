@@ -84,6 +84,8 @@ struct Claimed {
     event_id: String,
     attempt: i32,
     payload: String,
+    /// The claim's lease end, part of the write-back fence.
+    lease: SystemTime,
 }
 
 enum Wakeup {
@@ -239,6 +241,7 @@ async fn claim_step(
             event_id: r.get(1),
             attempt: r.get(2),
             payload: r.get(3),
+            lease: r.get(4),
         })
         .collect();
     Ok((settled, rows))
@@ -290,6 +293,7 @@ async fn deliver_row(
         send(Done::Attempted(Completion {
             id: row.id,
             attempt: row.attempt,
+            lease: row.lease,
             status: "dead",
             started_at: SystemTime::now(),
             ms: 0,
@@ -307,7 +311,7 @@ async fn deliver_row(
             _ = limiter.until_ready() => {}
             // Not started yet: give it back at once rather than wait.
             _ = shared.stop_claiming.cancelled() => {
-                send(Done::Released { id: row.id, attempt: row.attempt }).await;
+                send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease }).await;
                 return;
             }
         }
@@ -317,7 +321,7 @@ async fn deliver_row(
         a = deliver::attempt(&shared.http, &ep.cfg, &ep.headers, &row.event_id, row.payload) => a,
         _ = shared.abort_deliveries.cancelled() => {
             tracing::info!("shutdown deadline passed mid-request; the row goes back to pending");
-            send(Done::Released { id: row.id, attempt: row.attempt }).await;
+            send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease }).await;
             return;
         }
     };
@@ -375,6 +379,7 @@ async fn deliver_row(
     send(Done::Attempted(Completion {
         id: row.id,
         attempt: row.attempt,
+        lease: row.lease,
         status,
         started_at: attempt.started_at,
         ms,

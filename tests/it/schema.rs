@@ -150,3 +150,86 @@ async fn claiming_is_an_index_scan_whatever_the_delivered_history() {
         .unwrap();
     assert_eq!(rows.len(), 50);
 }
+
+#[tokio::test]
+async fn write_backs_are_fenced_by_the_claim() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO webhook.endpoints (name, url, events) VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}');
+         SELECT webhook.enqueue('add_credits', '{}');",
+    )
+    .await
+    .unwrap();
+    let claim = c
+        .prepare(include_str!("../../sql/claim.sql"))
+        .await
+        .unwrap();
+    let complete = c
+        .prepare(include_str!("../../sql/complete.sql"))
+        .await
+        .unwrap();
+    let row = c
+        .query_one(&claim, &[&1i32, &10i64, &30.0f64, &"relay-a"])
+        .await
+        .unwrap();
+    let (id, attempt, lease): (i64, i32, std::time::SystemTime) =
+        (row.get(0), row.get(2), row.get(4));
+    let write = |attempt: i32, lease: std::time::SystemTime| {
+        let (c, complete) = (&c, &complete);
+        async move {
+            c.execute(
+                complete,
+                &[
+                    &vec![id],
+                    &vec![attempt],
+                    &vec!["delivered"],
+                    &vec![std::time::SystemTime::now()],
+                    &vec![5i32],
+                    &vec![Some(200i32)],
+                    &vec![Some("ok")],
+                    &vec![None::<&str>],
+                    &vec![None::<std::time::SystemTime>],
+                    &"relay-a",
+                    &vec![lease],
+                ],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // A newer claim of the same attempt number (as after a replay reset the
+    // count) has another lease: the stale outcome must not land.
+    c.batch_execute(
+        "UPDATE webhook.outbox SET lease_expires_at = lease_expires_at + interval '1 second'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        write(attempt, lease).await,
+        0,
+        "a stale claim's outcome was written"
+    );
+    assert_eq!(write(attempt + 1, lease).await, 0);
+    let newer: std::time::SystemTime = c
+        .query_one("SELECT lease_expires_at FROM webhook.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        write(attempt, newer).await,
+        1,
+        "the current claim's outcome is written"
+    );
+    let (status, attempts): (String, i64) = {
+        let r = c
+            .query_one(
+                "SELECT status, (SELECT count(*) FROM webhook.attempts) FROM webhook.outbox",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((status.as_str(), attempts), ("delivered", 1));
+}
