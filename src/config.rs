@@ -81,6 +81,8 @@ pub struct Config {
     pub claim_batch: u32,
     pub shutdown_timeout: Duration,
     pub retention: RetentionConfig,
+    /// The SSRF guard (`[ssrf_guard] enabled = true`): None when off.
+    pub ssrf_guard: Option<crate::ssrf::Guard>,
     /// Bearer token that may read every endpoint's events (status API).
     pub api_admin_token: Option<ApiToken>,
     pub endpoints: Vec<EndpointConfig>,
@@ -163,6 +165,7 @@ struct RawConfig {
     claim_batch: Option<Spanned<u32>>,
     shutdown_timeout: Option<Dur>,
     retention: Option<RawRetention>,
+    ssrf_guard: Option<RawSsrfGuard>,
     api_admin_token: Option<Spanned<TokenText>>,
     api_admin_token_env: Option<Spanned<String>>,
     #[serde(default)]
@@ -194,6 +197,14 @@ struct RawEndpoint {
     no_retry_statuses: Option<Vec<Spanned<u16>>>,
     api_token: Option<Spanned<TokenText>>,
     api_token_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsrfGuard {
+    enabled: Option<bool>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -544,6 +555,27 @@ impl Config {
             Some(c) => *c.get_ref(),
         };
 
+        let ssrf_guard = match raw.ssrf_guard {
+            Some(g) if g.enabled.unwrap_or(true) => {
+                let mut allow = Vec::new();
+                for entry in g.allow {
+                    let text = entry.get_ref().trim();
+                    let net = text
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            err(
+                                entry.span().start,
+                                format!("ssrf_guard.allow: {text:?} is not an address or network such as \"10.0.0.0/8\""),
+                            )
+                        })?;
+                    allow.push(net);
+                }
+                Some(crate::ssrf::Guard { allow })
+            }
+            _ => None,
+        };
+
         Ok(Config {
             database_url: raw.database_url,
             listen,
@@ -555,6 +587,7 @@ impl Config {
                 .shutdown_timeout
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
             retention,
+            ssrf_guard,
             api_admin_token: admin_token.map(|(t, _)| t),
             endpoints,
         })

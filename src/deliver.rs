@@ -37,9 +37,18 @@ impl Attempt {
 }
 
 /// The one HTTP client all endpoints share (keep-alive pools per host).
-pub fn http_client(max_connections_per_host: usize) -> anyhow::Result<reqwest::Client> {
+pub fn http_client(
+    max_connections_per_host: usize,
+    guard: Option<std::sync::Arc<crate::ssrf::Guard>>,
+) -> anyhow::Result<reqwest::Client> {
     use anyhow::Context as _;
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(guard) = guard {
+        // Hostnames resolve through the guard: only allowed addresses reach
+        // the connector, so the check is on the address actually used.
+        builder = builder.dns_resolver(std::sync::Arc::new(crate::ssrf::GuardedResolver { guard }));
+    }
+    builder
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(max_connections_per_host)
@@ -69,11 +78,30 @@ pub async fn attempt(
     http: &reqwest::Client,
     ep: &EndpointConfig,
     headers: &HeaderMap,
+    guard: Option<&crate::ssrf::Guard>,
     event_id: &str,
     body: String,
 ) -> Attempt {
     let started_at = SystemTime::now();
     let start = Instant::now();
+    // IP literals never reach the resolver, so the guard checks them here.
+    if let Some(guard) = guard {
+        let literal = match ep.url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(Err(why)) = literal.map(|ip| guard.check(ip)) {
+            return Attempt {
+                started_at,
+                elapsed: start.elapsed(),
+                status: None,
+                body: None,
+                error: Some(format!("connection failed: {why}")),
+                retry_after: None,
+            };
+        }
+    }
     let timestamp = started_at
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

@@ -64,6 +64,8 @@ impl Endpoint {
 pub struct Shared {
     pub db: Arc<Db>,
     pub http: reqwest::Client,
+    /// The SSRF guard, when on.
+    pub ssrf: Option<Arc<crate::ssrf::Guard>>,
     pub done: mpsc::Sender<Done>,
     pub metrics: Arc<Metrics>,
     pub relay_name: String,
@@ -318,7 +320,7 @@ async fn deliver_row(
     }
 
     let attempt = tokio::select! {
-        a = deliver::attempt(&shared.http, &ep.cfg, &ep.headers, &row.event_id, row.payload) => a,
+        a = deliver::attempt(&shared.http, &ep.cfg, &ep.headers, shared.ssrf.as_deref(), &row.event_id, row.payload) => a,
         _ = shared.abort_deliveries.cancelled() => {
             tracing::info!("shutdown deadline passed mid-request; the row goes back to pending");
             send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease }).await;

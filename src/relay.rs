@@ -97,6 +97,13 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let outcomes_db = Arc::new(Db::new(database_url.clone(), metrics.clone()));
     let housekeeping_db = Arc::new(Db::new(database_url.clone(), metrics.clone()));
 
+    let ssrf = cfg.ssrf_guard.clone().map(Arc::new);
+    if let Some(g) = &ssrf {
+        tracing::info!(
+            allow = g.allow.len(),
+            "SSRF guard on: non-public addresses are refused"
+        );
+    }
     let total_slots: u32 = cfg.endpoints.iter().map(|e| e.max_in_flight).sum();
     let (done_tx, done_rx) = mpsc::channel(OUTCOME_QUEUE);
     let stop_claiming = CancellationToken::new();
@@ -104,7 +111,8 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let abandon_writes = CancellationToken::new();
     let shared = Arc::new(Shared {
         db: claims_db,
-        http: deliver::http_client(total_slots.max(1) as usize)?,
+        http: deliver::http_client(total_slots.max(1) as usize, ssrf.clone())?,
+        ssrf,
         done: done_tx,
         metrics: metrics.clone(),
         relay_name: relay_name.clone(),

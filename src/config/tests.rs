@@ -23,6 +23,30 @@ fn error_of(text: &str) -> String {
 }
 
 #[test]
+fn the_ssrf_guard_is_off_by_default_and_takes_an_allowlist() {
+    assert!(parse(&endpoint("")).unwrap().ssrf_guard.is_none());
+    let cfg = parse(&format!(
+        "[ssrf_guard]\nenabled = true\nallow = [\"10.20.0.0/16\", \"127.0.0.1\"]\n{}",
+        endpoint("")
+    ))
+    .unwrap();
+    let guard = cfg.ssrf_guard.expect("guard on");
+    assert_eq!(guard.allow.len(), 2);
+    assert!(guard.check("127.0.0.1".parse().unwrap()).is_ok());
+    assert!(guard.check("127.0.0.2".parse().unwrap()).is_err());
+    let msg = error_of(&format!(
+        "[ssrf_guard]\nallow = [\"nowhere\"]\n{}",
+        endpoint("")
+    ));
+    assert!(
+        msg.contains("line 2") && msg.contains("ssrf_guard.allow"),
+        "{msg}"
+    );
+    let off = parse(&format!("[ssrf_guard]\nenabled = false\n{}", endpoint(""))).unwrap();
+    assert!(off.ssrf_guard.is_none());
+}
+
+#[test]
 fn minimal_config_gets_documented_defaults() {
     let cfg = parse(&endpoint("")).unwrap();
     assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);

@@ -17,10 +17,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Config text: relay-wide `top` lines, then one endpoint per (name, url, extra lines).
 pub fn config_text(top: &str, endpoints: &[(&str, &str, &str)]) -> String {
-    let mut text = format!("listen = \"127.0.0.1:0\"\n{top}\n");
+    // Top-level keys first: `top` may open a table such as [ssrf_guard].
+    let mut text = String::from("listen = \"127.0.0.1:0\"\n");
     if !top.contains("poll_interval") {
         text.push_str("poll_interval = \"200ms\"\n");
     }
+    text.push_str(top);
+    text.push('\n');
     for (name, url, extra) in endpoints {
         text.push_str(&format!(
             "[[endpoint]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = {ALL_EVENTS}\nsecret = \"{SECRET}\"\n{extra}\n"

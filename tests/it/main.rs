@@ -13,5 +13,6 @@ mod process;
 mod receiver;
 mod reliability;
 mod schema;
+mod ssrf;
 mod triggers;
 mod wakeup;
