@@ -12,6 +12,9 @@ WITH r AS (
                   $6::int[], $7::text[], $8::text[], $9::timestamptz[], $11::timestamptz[])
            AS r(id, attempt, status, started_at, ms, response_status, response_body, error, next_attempt_at, lease)
 ), updated AS (
+    -- Rows are found by primary key (id = ANY), whatever the planner thinks
+    -- of the batch's size. lease_expires_at is set only while a row is
+    -- in_flight, so matching it also says the row is still in flight.
     UPDATE webhook.outbox o
        SET status = r.status,
            response_status = r.response_status,
@@ -24,12 +27,12 @@ WITH r AS (
            lease_expires_at = NULL,
            claimed_by = NULL
       FROM r
-     WHERE o.id = r.id
+     WHERE o.id = ANY ($1::bigint[])
+       AND o.id = r.id
        AND o.attempts = r.attempt
        AND o.lease_expires_at = r.lease
-       AND o.status = 'in_flight'
-    RETURNING o.id
+    RETURNING o.id, r.attempt, r.started_at, r.ms, r.response_status, r.response_body, r.error
 )
 INSERT INTO webhook.attempts (outbox_id, attempt, started_at, duration_ms, response_status, response_body, error, relay)
-SELECT r.id, r.attempt, r.started_at, r.ms, r.response_status, r.response_body, r.error, $10
-  FROM r JOIN updated USING (id)
+SELECT id, attempt, started_at, ms, response_status, response_body, error, $10
+  FROM updated

@@ -8,7 +8,7 @@ UPDATE webhook.outbox o
        lease_expires_at = NULL,
        claimed_by = NULL
   FROM unnest($1::bigint[], $2::int[], $3::timestamptz[]) AS r(id, attempt, lease)
- WHERE o.id = r.id
+ WHERE o.id = ANY ($1::bigint[])
+   AND o.id = r.id
    AND o.attempts = r.attempt
    AND o.lease_expires_at = r.lease
-   AND o.status = 'in_flight'
