@@ -22,6 +22,11 @@ use crate::deliver;
 use crate::metrics::{EndpointLabels, Metrics, OutcomeLabels};
 use crate::retry::{self, NextStep, RetryPolicy};
 
+/// Pause between the empty claims of a lingering loop.
+const LINGER_STEP: Duration = Duration::from_millis(1);
+/// Empty claims in a row before the loop arms its switch and waits.
+const LINGER_CLAIMS: u32 = 3;
+
 /// Longest pause between two checks while waiting for writers that were in
 /// progress when the switch was armed.
 const SETTLE_MAX_DELAY: Duration = Duration::from_millis(50);
@@ -93,6 +98,10 @@ struct Claimed {
 enum Wakeup {
     /// Rows were found last time: the switch is (being) disarmed.
     Busy,
+    /// Nothing was due, but rows came moments ago: look again shortly before
+    /// paying for the switch (arm, snapshot, settle). Under a steady trickle
+    /// the next row is usually found this way, without any NOTIFY.
+    Lingering { empty_claims: u32 },
     /// Armed, waiting for writers that were in progress at arming to end.
     Settling {
         snapshot: String,
@@ -146,7 +155,7 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
 
         tracing::trace!(endpoint = %ep.cfg.name, rows = rows.len(), "claimed");
         if !rows.is_empty() {
-            if !matches!(state, Wakeup::Busy) {
+            if !matches!(state, Wakeup::Busy | Wakeup::Lingering { .. }) {
                 disarm(&shared, &ep);
                 state = Wakeup::Busy;
             }
@@ -163,7 +172,13 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
 
         // 3. Nothing due.
         state = match state {
-            Wakeup::Busy => match arm(&shared, &ep).await {
+            Wakeup::Busy => Wakeup::Lingering { empty_claims: 1 },
+            Wakeup::Lingering { empty_claims } if empty_claims < LINGER_CLAIMS => {
+                Wakeup::Lingering {
+                    empty_claims: empty_claims + 1,
+                }
+            }
+            Wakeup::Lingering { .. } => match arm(&shared, &ep).await {
                 Ok(snapshot) => Wakeup::Settling {
                     snapshot,
                     delay: Duration::from_millis(1),
@@ -195,6 +210,13 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
             // elsewhere): stop waiting for it; the poll timer covers it.
             Wakeup::Settling { .. } | Wakeup::Armed => Wakeup::Armed,
         };
+        if matches!(state, Wakeup::Lingering { .. }) {
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER_STEP) => {}
+                _ = stop.cancelled() => break,
+            }
+            continue;
+        }
         if matches!(state, Wakeup::Armed) {
             tokio::select! {
                 _ = wake.changed() => {}

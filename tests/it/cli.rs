@@ -202,3 +202,19 @@ async fn migrate_is_idempotent_and_mirrors_endpoints_without_secrets() {
         );
     }
 }
+
+#[test]
+fn gen_secret_prints_a_fresh_valid_secret() {
+    let a = relay(&["gen-secret"], None);
+    let b = relay(&["gen-secret"], None);
+    assert!(a.status.success() && b.status.success());
+    let (a, b) = (
+        String::from_utf8(a.stdout).unwrap().trim().to_string(),
+        String::from_utf8(b.stdout).unwrap().trim().to_string(),
+    );
+    assert_ne!(a, b, "two runs gave the same secret");
+    for s in [&a, &b] {
+        let secret = outbox_relay::config::Secret::parse(s).expect("a valid whsec_ secret");
+        assert_eq!(secret.bytes().len(), 32);
+    }
+}

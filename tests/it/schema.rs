@@ -233,3 +233,41 @@ async fn write_backs_are_fenced_by_the_claim() {
     };
     assert_eq!((status.as_str(), attempts), ("delivered", 1));
 }
+
+#[tokio::test]
+async fn endpoints_are_never_deleted_or_renumbered() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO webhook.endpoints (name, url, events) VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}');
+         SELECT webhook.enqueue('add_credits', '{}');",
+    )
+    .await
+    .unwrap();
+    let err = c
+        .batch_execute("DELETE FROM webhook.endpoints")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("never deleted"),
+        "{err}"
+    );
+    let err = c
+        .batch_execute("UPDATE webhook.endpoints SET endpoint_id = 99")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("cannot change"),
+        "{err}"
+    );
+    // Disabling (what the relay does for an endpoint dropped from the config) works.
+    c.batch_execute("UPDATE webhook.endpoints SET enabled = false")
+        .await
+        .unwrap();
+}
