@@ -675,17 +675,22 @@ async fn drain(b: &Bench, events: i32, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// Starts and stops a relay so that the endpoint exists as endpoint_id 1.
-async fn sync_endpoint(b: &Bench, url: &str, port: u16) -> Result<()> {
-    let c = connect(url).await?;
-    let relay = b.spawn_relay(url, port, &[("bench", "fast")], None)?;
+/// Waits until a relay has mirrored `n` endpoints into webhook.endpoints.
+async fn wait_synced(c: &Client, n: i64) -> Result<()> {
     wait_until("the endpoint sync", Duration::from_secs(30), || async {
         Ok(c.query_one("SELECT count(*) FROM webhook.endpoints", &[])
             .await?
             .get::<_, i64>(0)
-            > 0)
+            >= n)
     })
-    .await?;
+    .await
+}
+
+/// Starts and stops a relay so that the endpoint exists as endpoint_id 1.
+async fn sync_endpoint(b: &Bench, url: &str, port: u16) -> Result<()> {
+    let c = connect(url).await?;
+    let relay = b.spawn_relay(url, port, &[("bench", "fast")], None)?;
+    wait_synced(&c, 1).await?;
     drop(relay);
     Ok(())
 }
@@ -702,13 +707,7 @@ async fn latency(b: &Bench, rate: u32, seconds: u64, runs: usize) -> Result<()> 
         let (_rx, port) = b.spawn_receiver(None, 0, true)?;
         let _relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
         let c = connect(&url).await?;
-        wait_until("the endpoint sync", Duration::from_secs(30), || async {
-            Ok(c.query_one("SELECT count(*) FROM webhook.endpoints", &[])
-                .await?
-                .get::<_, i64>(0)
-                > 0)
-        })
-        .await?;
+        wait_synced(&c, 1).await?;
         let n = (rate as u64 * seconds) as usize;
         let stmt = c
             .prepare("UPDATE buyer_credits SET balance = balance + 1 WHERE buyer_id = $1")
@@ -823,13 +822,7 @@ async fn overhead(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result<
     .await?;
     let (_rx, port) = b.spawn_receiver(Some("1"), 0, false)?;
     let _relay = b.spawn_relay(&url, port, &[("bench", "fast")], Some("1"))?;
-    wait_until("the endpoint sync", Duration::from_secs(30), || async {
-        Ok(c.query_one("SELECT count(*) FROM webhook.endpoints", &[])
-            .await?
-            .get::<_, i64>(0)
-            > 0)
-    })
-    .await?;
+    wait_synced(&c, 1).await?;
     let mut off = Vec::new();
     let mut on = Vec::new();
     let mut notify = Vec::new();
@@ -984,13 +977,7 @@ async fn isolation(b: &Bench, events: i32, slow_ms: u64, runs: usize) -> Result<
                 &[("fast", "fast")]
             };
             let relay = b.spawn_relay(&url, port, endpoints, None)?;
-            wait_until("the endpoint sync", Duration::from_secs(30), || async {
-                Ok(c.query_one("SELECT count(*) FROM webhook.endpoints", &[])
-                    .await?
-                    .get::<_, i64>(0)
-                    == endpoints.len() as i64)
-            })
-            .await?;
+            wait_synced(&c, endpoints.len() as i64).await?;
             c.execute(
                 "SELECT webhook.enqueue('add_credits', jsonb_build_object('buyerId', 'b' || g, 'topUpAmount', 1)) FROM generate_series(1, $1) g",
                 &[&events],
@@ -1035,13 +1022,7 @@ async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result
         let c = connect(&url).await?;
         let (_rx, port) = b.spawn_receiver(None, 0, false)?;
         let _relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
-        wait_until("the endpoint sync", Duration::from_secs(30), || async {
-            Ok(c.query_one("SELECT count(*) FROM webhook.endpoints", &[])
-                .await?
-                .get::<_, i64>(0)
-                > 0)
-        })
-        .await?;
+        wait_synced(&c, 1).await?;
         let load_url = url.clone();
         let exe = b.exe.clone();
         let load = tokio::task::spawn_blocking(move || {
