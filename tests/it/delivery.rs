@@ -52,6 +52,14 @@ pub async fn enqueue(c: &Client, n: i32) {
     .unwrap();
 }
 
+/// Waits until `n` rows have `status`, or fails the test after `timeout`.
+pub async fn wait_status(c: &Client, status: &str, n: i64, what: &str, timeout: Duration) {
+    wait_for(what, timeout, || async {
+        (count_status(c, status).await == n).then_some(())
+    })
+    .await
+}
+
 pub async fn count_status(c: &Client, status: &str) -> i64 {
     c.query_one(
         "SELECT count(*) FROM webhook.outbox WHERE status = $1",
@@ -114,10 +122,7 @@ async fn app_writes_arrive_signed_with_the_exact_bodies() {
         );
     }
     // The outcome is on the rows and in webhook.attempts.
-    wait_for("rows delivered", WAIT, || async {
-        (count_status(&c, "delivered").await == 3).then_some(())
-    })
-    .await;
+    wait_status(&c, "delivered", 3, "rows delivered", WAIT).await;
     let rows = c
         .query(
             "SELECT o.event_id, o.attempts, o.response_status, o.response_body, o.response_ms, o.last_error,
@@ -176,10 +181,7 @@ async fn two_failures_then_success_is_three_attempts_and_delivered() {
     )
     .await;
     enqueue(&c, 1).await;
-    wait_for("delivered", WAIT, || async {
-        (count_status(&c, "delivered").await == 1).then_some(())
-    })
-    .await;
+    wait_status(&c, "delivered", 1, "delivered", WAIT).await;
     let row = c
         .query_one(
             "SELECT attempts, response_status, last_error FROM webhook.outbox",
@@ -234,10 +236,7 @@ async fn an_always_failing_endpoint_ends_dead_after_max_attempts() {
     )
     .await;
     enqueue(&c, 2).await;
-    wait_for("dead", WAIT, || async {
-        (count_status(&c, "dead").await == 2).then_some(())
-    })
-    .await;
+    wait_status(&c, "dead", 2, "dead", WAIT).await;
     let rows = c
         .query("SELECT attempts, last_error FROM webhook.outbox", &[])
         .await
@@ -271,10 +270,7 @@ async fn a_no_retry_status_is_dead_at_once() {
     )
     .await;
     enqueue(&c, 1).await;
-    wait_for("dead", WAIT, || async {
-        (count_status(&c, "dead").await == 1).then_some(())
-    })
-    .await;
+    wait_status(&c, "dead", 1, "dead", WAIT).await;
     assert_eq!(rx.count(), 1);
     relay.shutdown().await;
 }
@@ -305,10 +301,7 @@ async fn retry_after_is_honoured() {
     )
     .await;
     enqueue(&c, 1).await;
-    wait_for("delivered", WAIT, || async {
-        (count_status(&c, "delivered").await == 1).then_some(())
-    })
-    .await;
+    wait_status(&c, "delivered", 1, "delivered", WAIT).await;
     let reqs = rx.requests();
     assert_eq!(reqs.len(), 2);
     let gap = reqs[1].at - reqs[0].at;
@@ -377,10 +370,7 @@ async fn custom_headers_previous_secrets_and_no_redirects() {
     )
     .await;
     enqueue(&c, 1).await;
-    wait_for("dead", WAIT, || async {
-        (count_status(&c, "dead").await == 1).then_some(())
-    })
-    .await;
+    wait_status(&c, "dead", 1, "dead", WAIT).await;
     let r = &rx.requests()[0];
     assert_eq!(r.headers["x-team"], "billing");
     assert_eq!(
@@ -485,9 +475,13 @@ async fn two_relays_deliver_2000_events_without_duplicates() {
     for _ in 0..10 {
         enqueue(&c, 200).await;
     }
-    wait_for("2000 delivered", Duration::from_secs(120), || async {
-        (count_status(&c, "delivered").await == 2000).then_some(())
-    })
+    wait_status(
+        &c,
+        "delivered",
+        2000,
+        "2000 delivered",
+        Duration::from_secs(120),
+    )
     .await;
     a.shutdown().await;
     b.shutdown().await;
@@ -596,10 +590,7 @@ async fn metrics_and_health_are_served() {
     )
     .await;
     enqueue(&c, 3).await;
-    wait_for("delivered", WAIT, || async {
-        (count_status(&c, "delivered").await == 3).then_some(())
-    })
-    .await;
+    wait_status(&c, "delivered", 3, "delivered", WAIT).await;
     let base = format!("http://{}", relay.http_addr);
     let http = reqwest::Client::new();
     assert_eq!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use outbox_relay::throwaway::{Cluster, ClusterOptions};
 
-use crate::delivery::{config, config_text, count_status, enqueue, start, SECRET};
+use crate::delivery::{config, config_text, count_status, enqueue, start, wait_status, SECRET};
 use crate::receiver::{Receiver, Reply};
 use crate::support::{connect, wait_for, TestDb, EXAMPLE_APP_SQL, TRIGGERS_SQL};
 
@@ -147,10 +147,7 @@ async fn sigterm_exits_0_and_secrets_stay_out_of_logs_and_database() {
     )
     .await
     .unwrap();
-    wait_for("delivered", WAIT, || async {
-        (count_status(&c, "delivered").await == 3).then_some(())
-    })
-    .await;
+    wait_status(&c, "delivered", 3, "delivered", WAIT).await;
     relay.sigterm();
     let status = tokio::task::block_in_place(|| relay.wait_exit(WAIT));
     assert_eq!(status.code(), Some(0), "{}", relay.log());
@@ -230,10 +227,7 @@ async fn a_killed_relay_has_its_rows_resent_after_the_lease_with_the_same_id() {
         config("lease = \"7s\"", &[("crm", &rx.url, "timeout = \"2s\"")]),
     )
     .await;
-    wait_for("all re-sent and delivered", WAIT, || async {
-        (count_status(&c, "delivered").await == 5).then_some(())
-    })
-    .await;
+    wait_status(&c, "delivered", 5, "all re-sent and delivered", WAIT).await;
     second.shutdown().await;
     let reqs = rx.requests();
     assert_eq!(rx.unique_ids(), 5);
@@ -317,9 +311,13 @@ async fn the_relay_survives_a_database_restart_mid_drain() {
 
     let c = connect(&url).await;
     enqueue(&c, 10).await;
-    wait_for("everything delivered", Duration::from_secs(60), || async {
-        (count_status(&c, "delivered").await == 1010).then_some(())
-    })
+    wait_status(
+        &c,
+        "delivered",
+        1010,
+        "everything delivered",
+        Duration::from_secs(60),
+    )
     .await;
     relay.shutdown().await;
     println!(

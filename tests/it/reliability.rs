@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::delivery::{config_text, count_status, SECRET};
+use crate::delivery::{config_text, count_status, wait_status, SECRET};
 use crate::process::{wait_synced, RelayProcess};
 use crate::receiver::{signature_is_valid, Receiver, Reply};
 use crate::support::{wait_for, TestDb};
@@ -479,9 +479,13 @@ async fn ten_thousand_events_in_one_transaction() {
     )
     .await
     .unwrap();
-    wait_for("10,000 delivered", Duration::from_secs(120), || async {
-        (count_status(&c, "delivered").await == 10_000).then_some(())
-    })
+    wait_status(
+        &c,
+        "delivered",
+        10_000,
+        "10,000 delivered",
+        Duration::from_secs(120),
+    )
     .await;
     relay.shutdown().await;
     figures(

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use crate::delivery::{config, count_status, enqueue, start};
+use crate::delivery::{config, enqueue, start, wait_status};
 use crate::receiver::Receiver;
-use crate::support::{wait_for, TestDb};
+use crate::support::TestDb;
 
 #[tokio::test]
 async fn the_guard_refuses_non_public_addresses_by_literal_and_by_name() {
@@ -26,10 +26,7 @@ async fn the_guard_refuses_non_public_addresses_by_literal_and_by_name() {
     )
     .await;
     enqueue(&c, 1).await;
-    wait_for("both refused", Duration::from_secs(30), || async {
-        (count_status(&c, "dead").await == 2).then_some(())
-    })
-    .await;
+    wait_status(&c, "dead", 2, "both refused", Duration::from_secs(30)).await;
     relay.shutdown().await;
     assert_eq!(rx.count(), 0, "no request reached the loopback receiver");
     let errors: Vec<(String, String)> = c
@@ -65,9 +62,13 @@ async fn the_allowlist_lets_chosen_networks_through() {
     )
     .await;
     enqueue(&c, 1).await;
-    wait_for("both delivered", Duration::from_secs(30), || async {
-        (count_status(&c, "delivered").await == 2).then_some(())
-    })
+    wait_status(
+        &c,
+        "delivered",
+        2,
+        "both delivered",
+        Duration::from_secs(30),
+    )
     .await;
     relay.shutdown().await;
 }
