@@ -232,11 +232,21 @@ impl Bench {
                 dir,
             });
         }
+        let mut settings: Vec<(String, String)> = PG_SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if pgss_enabled() {
+            // Profiling aid, off by default: it costs a little per statement.
+            settings.push((
+                "shared_preload_libraries".into(),
+                "pg_stat_statements".into(),
+            ));
+            settings.push(("pg_stat_statements.track".into(), "all".into()));
+            println!("# BENCH_PGSS: pg_stat_statements on (profiling run, figures not comparable)");
+        }
         let cluster = Cluster::start(ClusterOptions {
-            settings: PG_SETTINGS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            settings,
             unsafe_fast: false,
         })?;
         let pid = std::fs::read_to_string(cluster.data_dir().join("data/postmaster.pid"))?
@@ -293,6 +303,10 @@ impl Bench {
         ))
         .await?;
         c.batch_execute("VACUUM ANALYZE").await?;
+        if pgss_enabled() {
+            c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .await?;
+        }
         Ok(url)
     }
 
@@ -456,6 +470,51 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// BENCH_PGSS=1: load pg_stat_statements and print where Postgres spent its
+/// time after each run (see BENCHMARKS.md, "Profiling").
+fn pgss_enabled() -> bool {
+    std::env::var_os("BENCH_PGSS").is_some_and(|v| v != "0")
+}
+
+async fn pgss_reset(c: &Client) -> Result<()> {
+    if pgss_enabled() {
+        c.batch_execute("SELECT pg_stat_statements_reset()").await?;
+    }
+    Ok(())
+}
+
+/// Prints the statements that took most of Postgres's time since the reset.
+async fn pgss_report(c: &Client) -> Result<()> {
+    if !pgss_enabled() {
+        return Ok(());
+    }
+    let rows = c
+        .query(
+            "SELECT round(total_exec_time)::bigint, calls, rows,
+                    round((total_exec_time / greatest(calls, 1) * 1000)::numeric)::bigint,
+                    shared_blks_hit + shared_blks_read,
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+               FROM pg_stat_statements
+              ORDER BY total_exec_time DESC
+              LIMIT 14",
+            &[],
+        )
+        .await?;
+    println!("  pg_stat_statements: total_ms calls rows mean_us blocks query");
+    for r in rows {
+        println!(
+            "  {:>8} {:>8} {:>8} {:>7} {:>9} {}",
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3),
+            r.get::<_, i64>(4),
+            r.get::<_, String>(5)
+        );
+    }
+    Ok(())
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T> {
@@ -832,6 +891,7 @@ async fn overhead(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result<
             let c = &c;
             async move {
                 c.batch_execute(setup).await?;
+                pgss_reset(c).await?;
                 let before = stats(port).await?.unique;
                 let commits = b.load(&url, clients, seconds, Some("0"))?;
                 // The relay must deliver every event of the phase.
@@ -845,6 +905,7 @@ async fn overhead(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result<
                     || async { drained(c).await },
                 )
                 .await?;
+                pgss_report(c).await?;
                 let delivered = stats(port).await?.unique - before;
                 c.batch_execute("TRUNCATE webhook.outbox CASCADE").await?;
                 c.batch_execute("VACUUM ANALYZE buyer_credits").await?;
@@ -1023,6 +1084,7 @@ async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result
         let (_rx, port) = b.spawn_receiver(None, 0, false)?;
         let _relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
         wait_synced(&c, 1).await?;
+        pgss_reset(&c).await?;
         let load_url = url.clone();
         let exe = b.exe.clone();
         let load = tokio::task::spawn_blocking(move || {
@@ -1061,6 +1123,7 @@ async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result
             drained(&c).await
         })
         .await?;
+        pgss_report(&c).await?;
         let line = check(&c, port, commits).await?;
         let backlog: Vec<i64> = samples.iter().map(|(_, p, d)| p - d).collect();
         let (_, p_end, d_end) = *samples.last().expect("at least one sample");
