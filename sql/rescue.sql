@@ -2,15 +2,6 @@
 -- expired still counts as an attempt: the request may have reached the
 -- receiver before its relay died, and a row that kills its relay every time
 -- must not be retried forever.
-WITH expired AS (
-    SELECT id
-      FROM webhook.outbox
-     WHERE status = 'in_flight'
-       AND lease_expires_at < now()
-     ORDER BY lease_expires_at
-     LIMIT $1
-       FOR UPDATE SKIP LOCKED
-)
 UPDATE webhook.outbox o
    SET status = 'pending',
        next_attempt_at = now(),
@@ -18,6 +9,13 @@ UPDATE webhook.outbox o
                     || ' reported no outcome (the request may have reached the receiver)',
        lease_expires_at = NULL,
        claimed_by = NULL
-  FROM expired
- WHERE o.id = expired.id
+ -- An array, not a join, as in claim.sql: always a primary key look-up.
+ WHERE o.id = ANY (ARRAY(
+           SELECT id
+             FROM webhook.outbox
+            WHERE status = 'in_flight'
+              AND lease_expires_at < now()
+            ORDER BY lease_expires_at
+            LIMIT $1
+              FOR UPDATE SKIP LOCKED))
 RETURNING o.id

@@ -271,3 +271,114 @@ async fn endpoints_are_never_deleted_or_renumbered() {
         .await
         .unwrap();
 }
+
+/// The relay prepares its statements once per connection, often while the
+/// outbox is empty (a fresh install, a quiet night), and Postgres may keep a
+/// plan made from those statistics. A claim or write-back must stay a few
+/// index look-ups when the table then fills up, not a walk over all of it.
+#[tokio::test]
+async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO webhook.endpoints (name, url, events) VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}');
+         ANALYZE webhook.outbox;",
+    )
+    .await
+    .unwrap();
+    c.batch_execute(outbox_relay::db::SESSION_SETUP)
+        .await
+        .unwrap();
+    let claim = include_str!("../../sql/claim.sql");
+    let complete = include_str!("../../sql/complete.sql");
+    c.batch_execute(&format!(
+        "PREPARE claim(int, int, float8, text) AS {claim};
+         PREPARE complete(bigint[], int[], text[], timestamptz[], int[], int[], text[], text[],
+                          timestamptz[], text, timestamptz[]) AS {complete};"
+    ))
+    .await
+    .unwrap();
+    // Plans cached while the table is empty: Postgres settles on a generic
+    // plan after five executions.
+    for _ in 0..6 {
+        c.batch_execute(
+            "EXECUTE claim(1, 32, 30, 'test');
+             EXECUTE complete('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 'test', '{}');",
+        )
+        .await
+        .unwrap();
+    }
+    c.batch_execute(
+        "INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id)
+         SELECT 'evt_' || g, 'add_credits', '{}', 1 FROM generate_series(1, 30000) g;",
+    )
+    .await
+    .unwrap();
+
+    // Buffers the statement touched, from EXPLAIN (ANALYZE, BUFFERS).
+    let buffers = |plan: &[String]| -> u64 {
+        plan.iter()
+            .find_map(|l| l.trim().strip_prefix("Buffers: shared hit="))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no buffer counts in:\n{}", plan.join("\n")))
+    };
+    let explain = |sql: String| {
+        let c = &c;
+        async move {
+            c.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    let plan =
+        explain("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim(1, 32, 30, 'test')".into())
+            .await;
+    let claim_buffers = buffers(&plan);
+    assert!(
+        claim_buffers < 1_000,
+        "claiming 32 of 30,000 rows touched {claim_buffers} buffers:\n{}",
+        plan.join("\n")
+    );
+
+    let claimed = c
+        .query(
+            "SELECT id, lease_expires_at::text FROM webhook.outbox WHERE status = 'in_flight' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 32);
+    let ids: Vec<String> = claimed
+        .iter()
+        .map(|r| r.get::<_, i64>(0).to_string())
+        .collect();
+    let n = ids.len();
+    let plan = explain(format!(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE complete('{{{}}}', array_fill(1, ARRAY[{n}]),
+             array_fill('delivered'::text, ARRAY[{n}]), array_fill(now(), ARRAY[{n}]), array_fill(1, ARRAY[{n}]),
+             array_fill(200, ARRAY[{n}]), array_fill(''::text, ARRAY[{n}]), array_fill(NULL::text, ARRAY[{n}]),
+             array_fill(NULL::timestamptz, ARRAY[{n}]), 'test', array_fill('{}'::timestamptz, ARRAY[{n}]))",
+        ids.join(","),
+        claimed[0].get::<_, String>(1)
+    ))
+    .await;
+    let complete_buffers = buffers(&plan);
+    assert!(
+        complete_buffers < 2_000,
+        "writing back 32 outcomes touched {complete_buffers} buffers:\n{}",
+        plan.join("\n")
+    );
+    let delivered: i64 = c
+        .query_one(
+            "SELECT count(*) FROM webhook.outbox WHERE status = 'delivered'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(delivered, 32, "the write-back landed");
+}
