@@ -8,69 +8,62 @@
 
 BEGIN;
 
--- The buyer's postcodes as the triggering transaction sees them now, sorted.
-CREATE OR REPLACE FUNCTION webhook_buyer_postcode_list(p_buyer_id text)
-RETURNS jsonb
-LANGUAGE sql STABLE
-AS $$
-    SELECT coalesce(jsonb_agg(p.postcode ORDER BY p.postcode COLLATE "C"), '[]'::jsonb)
-      FROM buyer_postcodes p
-     WHERE p.buyer_id = p_buyer_id
-$$;
+-- An older version of this file had a helper SQL function for the postcode
+-- list. SQL functions are planned again at every call; the triggers below
+-- read the list in the same statement as the buyer instead.
+DROP FUNCTION IF EXISTS webhook_buyer_postcode_list(text);
 
 -- user_credits_zero and add_credits, one row of buyer_credits at a time.
+-- Everything the events need is read in one statement (plpgsql keeps its
+-- plan), and the postcode list only when an event fires.
 CREATE OR REPLACE FUNCTION webhook_buyer_credits_events()
 RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    b            buyers%ROWTYPE;
-    old_balance  numeric;
-    could_afford boolean;
-    can_afford   boolean;
+    old_balance  numeric := CASE WHEN TG_OP = 'UPDATE' THEN OLD.balance END;
+    -- add_credits: any increase of the balance, or a new row that starts above zero.
+    added        boolean := NEW.balance > coalesce(old_balance, 0);
+    crossed      boolean;
+    name         text;
+    codes        jsonb;
 BEGIN
-    SELECT * INTO b FROM buyers WHERE buyer_id = NEW.buyer_id;
+    -- user_credits_zero: only on the crossing from "can afford a lead" to
+    -- "cannot". Staying below does not fire again; a top-up back above re-arms
+    -- it, because the next crossing starts from "can afford" again. A new row
+    -- has no "before", so it never crosses.
+    SELECT b.business_name,
+           old_balance > 0 AND old_balance >= b.lead_cost
+               AND NOT (NEW.balance > 0 AND NEW.balance >= b.lead_cost),
+           CASE WHEN added
+                  OR (old_balance > 0 AND old_balance >= b.lead_cost
+                      AND NOT (NEW.balance > 0 AND NEW.balance >= b.lead_cost))
+                THEN (SELECT coalesce(jsonb_agg(p.postcode ORDER BY p.postcode COLLATE "C"), '[]')
+                        FROM buyer_postcodes p
+                       WHERE p.buyer_id = b.buyer_id)
+           END
+      INTO name, crossed, codes
+      FROM buyers b
+     WHERE b.buyer_id = NEW.buyer_id;
     IF NOT FOUND THEN
         RETURN NULL;  -- the foreign key makes this unreachable; stay silent if it is dropped
     END IF;
 
-    -- add_credits: any increase of the balance, or a new row that starts above zero.
-    IF TG_OP = 'INSERT' THEN
-        old_balance := NULL;
-        IF NEW.balance > 0 THEN
-            PERFORM webhook.enqueue('add_credits', jsonb_build_object(
-                'buyerId',      b.buyer_id,
-                'buyerName',    b.business_name,
-                'postCodeList', webhook_buyer_postcode_list(b.buyer_id),
-                'topUpAmount',  trim_scale(NEW.balance),
-                'eventCode',    'add_credits'), b.buyer_id);
-        END IF;
-    ELSE
-        old_balance := OLD.balance;
-        IF NEW.balance > OLD.balance THEN
-            PERFORM webhook.enqueue('add_credits', jsonb_build_object(
-                'buyerId',      b.buyer_id,
-                'buyerName',    b.business_name,
-                'postCodeList', webhook_buyer_postcode_list(b.buyer_id),
-                'topUpAmount',  trim_scale(NEW.balance - OLD.balance),
-                'eventCode',    'add_credits'), b.buyer_id);
-        END IF;
+    IF added THEN
+        PERFORM webhook.enqueue('add_credits', jsonb_build_object(
+            'buyerId',      NEW.buyer_id,
+            'buyerName',    name,
+            'postCodeList', codes,
+            'topUpAmount',  trim_scale(NEW.balance - coalesce(old_balance, 0)),
+            'eventCode',    'add_credits'), NEW.buyer_id);
     END IF;
-
-    -- user_credits_zero: only on the crossing from "can afford a lead" to "cannot".
-    -- Staying below does not fire again; a top-up back above re-arms it, because
-    -- the next crossing starts from "can afford" again.
-    IF old_balance IS NOT NULL THEN
-        could_afford := old_balance > 0 AND old_balance >= b.lead_cost;
-        can_afford   := NEW.balance > 0 AND NEW.balance >= b.lead_cost;
-        IF could_afford AND NOT can_afford THEN
-            PERFORM webhook.enqueue('user_credits_zero', jsonb_build_object(
-                'buyerId',          b.buyer_id,
-                'businessName',     b.business_name,
-                'postCodeList',     webhook_buyer_postcode_list(b.buyer_id),
-                'remainingCredits', trim_scale(NEW.balance),
-                'eventCode',        'user_credits_zero'), b.buyer_id);
-        END IF;
+    IF crossed THEN
+        PERFORM webhook.enqueue('user_credits_zero', jsonb_build_object(
+            'buyerId',          NEW.buyer_id,
+            'businessName',     name,
+            'postCodeList',     codes,
+            'remainingCredits', trim_scale(NEW.balance),
+            'eventCode',        'user_credits_zero'), NEW.buyer_id);
     END IF;
     RETURN NULL;
 END;
@@ -88,7 +81,8 @@ DECLARE
     affected   text[];
     v_buyer_id text;
     done_key   text;
-    b          buyers%ROWTYPE;
+    name       text;
+    codes      jsonb;
 BEGIN
     -- An UPDATE that moves a postcode to another buyer changes both buyers.
     IF TG_OP = 'DELETE' THEN
@@ -106,14 +100,20 @@ BEGIN
 
         -- A buyer deleted in this same transaction has no postcodes and no name
         -- left: that is the end of the buyer, not a postcode change.
-        SELECT * INTO b FROM buyers WHERE buyer_id = v_buyer_id;
+        SELECT b.business_name,
+               (SELECT coalesce(jsonb_agg(p.postcode ORDER BY p.postcode COLLATE "C"), '[]')
+                  FROM buyer_postcodes p
+                 WHERE p.buyer_id = b.buyer_id)
+          INTO name, codes
+          FROM buyers b
+         WHERE b.buyer_id = v_buyer_id;
         CONTINUE WHEN NOT FOUND;
 
         PERFORM webhook.enqueue('post_code_change', jsonb_build_object(
-            'buyerId',      b.buyer_id,
-            'businessName', b.business_name,
-            'postCodeList', webhook_buyer_postcode_list(b.buyer_id),
-            'eventCode',    'post_code_change'), b.buyer_id);
+            'buyerId',      v_buyer_id,
+            'businessName', name,
+            'postCodeList', codes,
+            'eventCode',    'post_code_change'), v_buyer_id);
     END LOOP;
     RETURN NULL;
 END;
