@@ -706,10 +706,18 @@ fn located(text: &str, origin: &str, at: Option<usize>, message: &str) -> String
     };
     let line_no = text[..at].matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("");
+    // Only the bare key at the start of the line: on a mangled line the left
+    // of '=' can hold a value (two lines run together), and values may be secrets.
     let key = line
         .split_once('=')
-        .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
+        .map(|(k, _)| {
+            let k = k.trim_start();
+            let end = k
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+                .unwrap_or(k.len());
+            &k[..end]
+        })
+        .filter(|k| !k.is_empty());
     match key {
         Some(k) => format!("{origin} line {line_no} ({k}): {message}"),
         None => format!("{origin} line {line_no}: {message}"),

@@ -386,3 +386,14 @@ fn the_database_url_alone_is_read_without_validating_the_rest() {
         .0
         .contains("line 2"));
 }
+
+#[test]
+fn a_mangled_line_is_named_by_its_key_without_echoing_its_value() {
+    // Two lines run together (a lost newline): the left of '=' holds a secret.
+    let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let msg = error_of(&endpoint(&format!(
+        "previous_secrets  [\"{secret}\"]enabled = false"
+    )));
+    assert!(msg.contains("line 6 (previous_secrets)"), "{msg}");
+    assert!(!msg.contains("C2FVsBQIhrscChlQIMV"), "{msg}");
+}
