@@ -1,20 +1,24 @@
 -- Write back a batch of attempt outcomes and record each attempt, in one
--- statement. The fence: a row is only updated while it is still in_flight
--- under the claim the outcome belongs to (its attempt number and lease), so
--- a relay whose lease ran out cannot overwrite a newer claim's outcome, even
--- after a replay reset the attempt count; its attempt is not recorded.
+-- statement. The fence: a row is only updated while it is still the very row
+-- version its claim made (the claim's ctid), in_flight under that claim's
+-- attempt number and lease, so a relay whose lease ran out cannot overwrite a
+-- newer claim's outcome, even after a replay reset the attempt count; its
+-- attempt is not recorded.
 -- $1 ids, $2 attempt numbers, $3 new statuses, $4 start times, $5 durations
 -- (ms), $6 response statuses, $7 body excerpts, $8 errors, $9 next attempt
--- times (NULL: unchanged), $10 relay name, $11 the claims' lease ends.
+-- times (NULL: unchanged), $10 relay name, $11 the claims' lease ends, $12
+-- the claims' row versions (ctid, as text).
 WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::int[],
-                  $6::int[], $7::text[], $8::text[], $9::timestamptz[], $11::timestamptz[])
-           AS r(id, attempt, status, started_at, ms, response_status, response_body, error, next_attempt_at, lease)
+                  $6::int[], $7::text[], $8::text[], $9::timestamptz[], $11::timestamptz[],
+                  $12::text[]::tid[])
+           AS r(id, attempt, status, started_at, ms, response_status, response_body, error,
+                next_attempt_at, lease, version)
 ), updated AS (
-    -- Rows are found by primary key (id = ANY), whatever the planner thinks
-    -- of the batch's size. lease_expires_at is set only while a row is
-    -- in_flight, so matching it also says the row is still in flight.
+    -- Rows are found by their address (a TID scan), whatever the planner
+    -- thinks of the table's size. lease_expires_at is set only while a row
+    -- is in_flight, so matching it also says the row is still in flight.
     UPDATE webhook.outbox o
        SET status = r.status,
            response_status = r.response_status,
@@ -27,7 +31,8 @@ WITH r AS (
            lease_expires_at = NULL,
            claimed_by = NULL
       FROM r
-     WHERE o.id = ANY ($1::bigint[])
+     WHERE o.ctid = ANY ($12::text[]::tid[])
+       AND o.ctid = r.version
        AND o.id = r.id
        AND o.attempts = r.attempt
        AND o.lease_expires_at = r.lease

@@ -23,6 +23,8 @@ pub enum Done {
         id: i64,
         attempt: i32,
         lease: SystemTime,
+        /// The row version the claim made (its ctid), part of the fence.
+        version: String,
     },
 }
 
@@ -32,6 +34,8 @@ pub struct Completion {
     pub attempt: i32,
     /// The lease end the row was claimed with (the fence, with `attempt`).
     pub lease: SystemTime,
+    /// The row version the claim made (its ctid), part of the fence.
+    pub version: String,
     /// `delivered`, `pending` (retry later) or `dead`.
     pub status: &'static str,
     pub started_at: SystemTime,
@@ -103,6 +107,8 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
     let mut released_attempts = Vec::new();
     let mut leases = Vec::new();
     let mut released_leases = Vec::new();
+    let mut versions = Vec::new();
+    let mut released_versions = Vec::new();
     for done in batch {
         match done {
             Done::Attempted(c) => {
@@ -116,11 +122,18 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
                 errors.push(c.error.as_deref());
                 next_at.push(c.next_attempt_at);
                 leases.push(c.lease);
+                versions.push(c.version.as_str());
             }
-            Done::Released { id, attempt, lease } => {
+            Done::Released {
+                id,
+                attempt,
+                lease,
+                version,
+            } => {
                 released_ids.push(*id);
                 released_attempts.push(*attempt);
                 released_leases.push(*lease);
+                released_versions.push(version.as_str());
             }
         }
     }
@@ -141,6 +154,7 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
                     &next_at,
                     &relay_name,
                     &leases,
+                    &versions,
                 ],
             )
             .await;
@@ -158,7 +172,12 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
             .client
             .execute(
                 &conn.st.release,
-                &[&released_ids, &released_attempts, &released_leases],
+                &[
+                    &released_ids,
+                    &released_attempts,
+                    &released_leases,
+                    &released_versions,
+                ],
             )
             .await;
         db.report(&r);

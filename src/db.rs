@@ -45,7 +45,7 @@ pub fn redact_database_url(url: &str) -> String {
 
 /// Run first on every connection of the relay's engine (see `Db::conn`).
 pub const SESSION_SETUP: &str =
-    "SET synchronous_commit = off; SET enable_seqscan = off; SET plan_cache_mode = force_custom_plan; SET application_name = 'outbox-relay'";
+    "SET synchronous_commit = off; SET enable_seqscan = off; SET application_name = 'outbox-relay'";
 
 /// The statements the relay runs, prepared once per connection.
 pub struct Statements {
@@ -100,16 +100,14 @@ impl Db {
             // themselves are written by the application's transactions, whose
             // durability this does not touch. It saves a disk flush per claim.
             //
-            // enable_seqscan = off and plan_cache_mode = force_custom_plan:
-            // every statement the relay runs is meant to be a few index
-            // look-ups. The outbox swings from empty to busy far faster than
-            // its statistics follow, and a generic plan made while it looked
-            // empty (a fresh install, after a TRUNCATE) stays cached for the
-            // life of the connection: claims and write-backs became
-            // sequential scans, or walks over a whole index, and each read
-            // the whole table (20 ms and more per batch instead of 0.5 ms;
-            // BENCHMARKS.md). Planned at each execution, the planner sees the
-            // table's actual size; a plan costs about 0.06 ms.
+            // enable_seqscan = off: every statement the relay runs is meant
+            // to be a few index look-ups (claims and write-backs address the
+            // rows they change by ctid, see sql/claim.sql). The outbox swings
+            // from empty to busy far faster than its statistics follow, and a
+            // plan made while it looked empty stays cached for the life of the
+            // connection: planned so, claims and write-backs became
+            // sequential scans that read the whole table for every batch
+            // (20 ms and more instead of 0.5 ms; BENCHMARKS.md).
             client
                 .batch_execute(SESSION_SETUP)
                 .await

@@ -93,6 +93,8 @@ struct Claimed {
     payload: String,
     /// The claim's lease end, part of the write-back fence.
     lease: SystemTime,
+    /// The row version the claim made (its ctid), part of the fence too.
+    version: String,
 }
 
 enum Wakeup {
@@ -266,6 +268,7 @@ async fn claim_step(
             attempt: r.get(2),
             payload: r.get(3),
             lease: r.get(4),
+            version: r.get(5),
         })
         .collect();
     Ok((settled, rows))
@@ -318,6 +321,7 @@ async fn deliver_row(
             id: row.id,
             attempt: row.attempt,
             lease: row.lease,
+            version: row.version,
             status: "dead",
             started_at: SystemTime::now(),
             ms: 0,
@@ -335,7 +339,7 @@ async fn deliver_row(
             _ = limiter.until_ready() => {}
             // Not started yet: give it back at once rather than wait.
             _ = shared.stop_claiming.cancelled() => {
-                send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease }).await;
+                send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease, version: row.version }).await;
                 return;
             }
         }
@@ -345,7 +349,7 @@ async fn deliver_row(
         a = deliver::attempt(&shared.http, &ep.cfg, &ep.headers, shared.ssrf.as_deref(), &row.event_id, row.payload) => a,
         _ = shared.abort_deliveries.cancelled() => {
             tracing::info!("shutdown deadline passed mid-request; the row goes back to pending");
-            send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease }).await;
+            send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease, version: row.version }).await;
             return;
         }
     };
@@ -404,6 +408,7 @@ async fn deliver_row(
         id: row.id,
         attempt: row.attempt,
         lease: row.lease,
+        version: row.version,
         status,
         started_at: attempt.started_at,
         ms,

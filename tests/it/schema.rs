@@ -173,9 +173,9 @@ async fn write_backs_are_fenced_by_the_claim() {
         .query_one(&claim, &[&1i32, &10i64, &30.0f64, &"relay-a"])
         .await
         .unwrap();
-    let (id, attempt, lease): (i64, i32, std::time::SystemTime) =
-        (row.get(0), row.get(2), row.get(4));
-    let write = |attempt: i32, lease: std::time::SystemTime| {
+    let (id, attempt, lease, version): (i64, i32, std::time::SystemTime, String) =
+        (row.get(0), row.get(2), row.get(4), row.get(5));
+    let write = |attempt: i32, lease: std::time::SystemTime, version: String| {
         let (c, complete) = (&c, &complete);
         async move {
             c.execute(
@@ -192,6 +192,7 @@ async fn write_backs_are_fenced_by_the_claim() {
                     &vec![None::<std::time::SystemTime>],
                     &"relay-a",
                     &vec![lease],
+                    &vec![version],
                 ],
             )
             .await
@@ -206,18 +207,28 @@ async fn write_backs_are_fenced_by_the_claim() {
     .await
     .unwrap();
     assert_eq!(
-        write(attempt, lease).await,
+        write(attempt, lease, version.clone()).await,
         0,
         "a stale claim's outcome was written"
     );
-    assert_eq!(write(attempt + 1, lease).await, 0);
-    let newer: std::time::SystemTime = c
-        .query_one("SELECT lease_expires_at FROM webhook.outbox", &[])
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!(write(attempt + 1, lease, version.clone()).await, 0);
+    let (newer, newer_version): (std::time::SystemTime, String) = {
+        let r = c
+            .query_one(
+                "SELECT lease_expires_at, ctid::text FROM webhook.outbox",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
     assert_eq!(
-        write(attempt, newer).await,
+        write(attempt, newer, version).await,
+        0,
+        "an outcome was written over a row version its claim did not make"
+    );
+    assert_eq!(
+        write(attempt, newer, newer_version).await,
         1,
         "the current claim's outcome is written"
     );
@@ -294,7 +305,7 @@ async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
     c.batch_execute(&format!(
         "PREPARE claim(int, int, float8, text) AS {claim};
          PREPARE complete(bigint[], int[], text[], timestamptz[], int[], int[], text[], text[],
-                          timestamptz[], text, timestamptz[]) AS {complete};"
+                          timestamptz[], text, timestamptz[], text[]) AS {complete};"
     ))
     .await
     .unwrap();
@@ -303,7 +314,7 @@ async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
     for _ in 0..6 {
         c.batch_execute(
             "EXECUTE claim(1, 32, 30, 'test');
-             EXECUTE complete('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 'test', '{}');",
+             EXECUTE complete('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 'test', '{}', '{}');",
         )
         .await
         .unwrap();
@@ -346,7 +357,7 @@ async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
 
     let claimed = c
         .query(
-            "SELECT id, lease_expires_at::text FROM webhook.outbox WHERE status = 'in_flight' ORDER BY id",
+            "SELECT id, lease_expires_at::text, ctid::text FROM webhook.outbox WHERE status = 'in_flight' ORDER BY id",
             &[],
         )
         .await
@@ -356,14 +367,20 @@ async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
         .iter()
         .map(|r| r.get::<_, i64>(0).to_string())
         .collect();
+    let versions: Vec<String> = claimed
+        .iter()
+        .map(|r| format!("\"{}\"", r.get::<_, String>(2)))
+        .collect();
     let n = ids.len();
     let plan = explain(format!(
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE complete('{{{}}}', array_fill(1, ARRAY[{n}]),
              array_fill('delivered'::text, ARRAY[{n}]), array_fill(now(), ARRAY[{n}]), array_fill(1, ARRAY[{n}]),
              array_fill(200, ARRAY[{n}]), array_fill(''::text, ARRAY[{n}]), array_fill(NULL::text, ARRAY[{n}]),
-             array_fill(NULL::timestamptz, ARRAY[{n}]), 'test', array_fill('{}'::timestamptz, ARRAY[{n}]))",
+             array_fill(NULL::timestamptz, ARRAY[{n}]), 'test', array_fill('{}'::timestamptz, ARRAY[{n}]),
+             '{{{}}}')",
         ids.join(","),
-        claimed[0].get::<_, String>(1)
+        claimed[0].get::<_, String>(1),
+        versions.join(",")
     ))
     .await;
     let complete_buffers = buffers(&plan);
