@@ -22,6 +22,11 @@ use crate::deliver;
 use crate::metrics::{EndpointLabels, Metrics, OutcomeLabels};
 use crate::retry::{self, NextStep, RetryPolicy};
 
+/// Pause after a claim that found fewer rows than it had slots for: the loop
+/// has caught up with the writers, and claiming again at once would mostly
+/// fetch one row per statement. Waiting a moment lets the next claim take a
+/// batch, which costs the database far less per row.
+const CAUGHT_UP_PAUSE: Duration = Duration::from_millis(1);
 /// Pause between the empty claims of a lingering loop.
 const LINGER_STEP: Duration = Duration::from_millis(1);
 /// Empty claims in a row before the loop arms its switch and waits.
@@ -161,12 +166,19 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
                 disarm(&shared, &ep);
                 state = Wakeup::Busy;
             }
+            let caught_up = rows.len() < permits.len();
             for (row, permit) in rows.into_iter().zip(permits) {
                 let (shared2, ep2) = (shared.clone(), ep.clone());
                 let span = tracing::info_span!("deliver", event_id = %row.event_id, endpoint = %ep.cfg.name, attempt = row.attempt);
                 shared
                     .tracker
                     .spawn(deliver_row(shared2, ep2, row, permit).instrument(span));
+            }
+            if caught_up {
+                tokio::select! {
+                    _ = tokio::time::sleep(CAUGHT_UP_PAUSE) => {}
+                    _ = stop.cancelled() => break,
+                }
             }
             continue;
         }
