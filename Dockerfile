@@ -14,7 +14,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # Everything the crate's targets name: the relay binary embeds sql/ and
 # migrations/ at compile time; bench/ holds the second binary of Cargo.toml.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY sql ./sql
 COPY migrations ./migrations
