@@ -874,64 +874,96 @@ async fn overhead(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result<
     b.pin_postgres("0")?;
     let url = b.fresh_db("bench_overhead").await?;
     let c = connect(&url).await?;
+    // Two triggers for comparison phases: a pg_notify per writing
+    // transaction, and the least an outbox can cost (one constant row
+    // inserted: an id unique per transaction, no payload built, no routing,
+    // no wake-up check).
     c.batch_execute(
         "CREATE OR REPLACE FUNCTION bench_notify() RETURNS trigger LANGUAGE plpgsql AS
-         $$ BEGIN PERFORM pg_notify('bench_tax', ''); RETURN NULL; END $$;",
+         $$ BEGIN PERFORM pg_notify('bench_tax', ''); RETURN NULL; END $$;
+         CREATE OR REPLACE FUNCTION bench_bare_insert() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN
+              INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id)
+              VALUES ('evt_bare_' || pg_current_xact_id(), 'add_credits', '{}', NEW.buyer_id, 1);
+              RETURN NULL;
+            END $$;",
     )
     .await?;
     let (_rx, port) = b.spawn_receiver(Some("1"), 0, false)?;
-    let _relay = b.spawn_relay(&url, port, &[("bench", "fast")], Some("1"))?;
+    let spawn_relay = || b.spawn_relay(&url, port, &[("bench", "fast")], Some("1"));
+    let mut relay = Some(spawn_relay()?);
     wait_synced(&c, 1).await?;
-    let mut off = Vec::new();
-    let mut on = Vec::new();
-    let mut notify = Vec::new();
+    let (mut off, mut on, mut notify, mut alone, mut bare) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    const RESET: &str = "DROP TRIGGER IF EXISTS bench_notify ON buyer_credits;
+         DROP TRIGGER IF EXISTS bench_bare_insert ON buyer_credits;
+         ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events;";
     for run in 1..=runs {
-        let phase = |setup: &'static str| {
-            let url = url.clone();
-            let c = &c;
-            async move {
-                c.batch_execute(setup).await?;
-                pgss_reset(c).await?;
-                let before = stats(port).await?.unique;
-                let commits = b.load(&url, clients, seconds, Some("0"))?;
-                // The relay must deliver every event of the phase.
-                let produced: i64 = c
-                    .query_one("SELECT count(*) FROM webhook.outbox", &[])
-                    .await?
-                    .get(0);
-                wait_until(
-                    "the phase's deliveries",
-                    Duration::from_secs(300),
-                    || async { drained(c).await },
-                )
-                .await?;
-                pgss_report(c).await?;
-                let delivered = stats(port).await?.unique - before;
-                c.batch_execute("TRUNCATE webhook.outbox CASCADE").await?;
-                c.batch_execute("VACUUM ANALYZE buyer_credits").await?;
-                if delivered != produced as u64 {
-                    bail!("{produced} events written, {delivered} delivered");
-                }
-                Ok::<_, anyhow::Error>((commits as f64 / seconds as f64, delivered, produced))
+        // One phase: `setup`, then the load, with or without the relay
+        // running; then (relay running) every event of the phase delivered.
+        let mut phase = async |setup: &str, with_relay: bool| -> Result<(f64, u64)> {
+            c.batch_execute(RESET).await?;
+            c.batch_execute(setup).await?;
+            if !with_relay {
+                relay = None;
+            } else if relay.is_none() {
+                relay = Some(spawn_relay()?);
             }
-        };
-        let (tps_off, d0, _) = phase(
-            "DROP TRIGGER IF EXISTS bench_notify ON buyer_credits; ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events;",
-        )
-        .await?;
-        let (tps_on, d1, _) =
-            phase("ALTER TABLE buyer_credits ENABLE TRIGGER webhook_events;").await?;
-        let (tps_notify, d2, _) = phase(
-            "CREATE TRIGGER bench_notify AFTER UPDATE ON buyer_credits FOR EACH STATEMENT EXECUTE FUNCTION bench_notify();",
-        )
-        .await?;
-        c.batch_execute("DROP TRIGGER IF EXISTS bench_notify ON buyer_credits;")
+            pgss_reset(&c).await?;
+            let before = stats(port).await?.unique;
+            let commits = b.load(&url, clients, seconds, Some("0"))?;
+            if relay.is_none() {
+                relay = Some(spawn_relay()?);
+            }
+            let produced: i64 = c
+                .query_one("SELECT count(*) FROM webhook.outbox", &[])
+                .await?
+                .get(0);
+            wait_until(
+                "the phase's deliveries",
+                Duration::from_secs(300),
+                || async { drained(&c).await },
+            )
             .await?;
+            pgss_report(&c).await?;
+            let delivered = stats(port).await?.unique - before;
+            c.batch_execute("TRUNCATE webhook.outbox CASCADE").await?;
+            c.batch_execute("VACUUM ANALYZE buyer_credits").await?;
+            if delivered != produced as u64 {
+                bail!("{produced} events written, {delivered} delivered");
+            }
+            Ok((commits as f64 / seconds as f64, delivered))
+        };
+        let (tps_off, d0) = phase("", true).await?;
+        let (tps_on, d1) = phase(
+            "ALTER TABLE buyer_credits ENABLE TRIGGER webhook_events;",
+            true,
+        )
+        .await?;
+        let (tps_notify, d2) = phase(
+            "ALTER TABLE buyer_credits ENABLE TRIGGER webhook_events;
+             CREATE TRIGGER bench_notify AFTER UPDATE ON buyer_credits FOR EACH STATEMENT EXECUTE FUNCTION bench_notify();",
+            true,
+        )
+        .await?;
+        let (tps_alone, _) = phase(
+            "ALTER TABLE buyer_credits ENABLE TRIGGER webhook_events;",
+            false,
+        )
+        .await?;
+        let (tps_bare, _) = phase(
+            "CREATE TRIGGER bench_bare_insert AFTER UPDATE ON buyer_credits FOR EACH ROW EXECUTE FUNCTION bench_bare_insert();",
+            false,
+        )
+        .await?;
+        c.batch_execute(RESET).await?;
         let s = stats(port).await?;
         println!(
-            "run {run}: triggers off {tps_off:.0} tps (delivered {d0}); triggers on + relay {tps_on:.0} tps = {:.2}x (delivered {d1}); plus pg_notify per commit {tps_notify:.0} tps = {:.2}x (delivered {d2}); check: bad_signatures={} duplicates={}",
+            "run {run}: triggers off {tps_off:.0} tps (delivered {d0}); triggers on + relay {tps_on:.0} tps = {:.2}x (delivered {d1}); plus pg_notify per commit {tps_notify:.0} tps = {:.2}x (delivered {d2}); for comparison, relay stopped: triggers alone {:.2}x, a bare outbox insert alone {:.2}x; check: bad_signatures={} duplicates={}",
             tps_on / tps_off,
             tps_notify / tps_off,
+            tps_alone / tps_off,
+            tps_bare / tps_off,
             s.bad_signatures,
             s.requests - s.unique
         );
@@ -941,13 +973,17 @@ async fn overhead(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result<
         off.push(tps_off);
         on.push(tps_on / tps_off);
         notify.push(tps_notify / tps_off);
+        alone.push(tps_alone / tps_off);
+        bare.push(tps_bare / tps_off);
     }
     b.pin_postgres("0-1")?;
     println!(
-        "RESULT overhead: triggers off median {:.0} tps; with triggers and the relay delivering median {:.2}x (target >= 0.7); with a pg_notify per commit median {:.2}x",
+        "RESULT overhead: triggers off median {:.0} tps; with triggers and the relay delivering median {:.2}x (target >= 0.7); with a pg_notify per commit median {:.2}x; relay stopped: triggers alone {:.2}x, a bare outbox insert alone {:.2}x",
         median(off),
         median(on),
-        median(notify)
+        median(notify),
+        median(alone),
+        median(bare)
     );
     Ok(())
 }
