@@ -1025,9 +1025,11 @@ async fn backlog(
         })
         .await?;
         let small_rate = small as f64 / start.elapsed().as_secs_f64();
-        wait_until("the small drain's write-backs", Duration::from_secs(60), || async {
-            drained(&c).await
-        })
+        wait_until(
+            "the small drain's write-backs",
+            Duration::from_secs(60),
+            || async { drained(&c).await },
+        )
         .await?;
         drop(relay);
         check(&c, port, small as u64).await?;
