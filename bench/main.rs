@@ -1047,6 +1047,7 @@ async fn backlog(
         c.execute("UPDATE webhook.outbox SET event_id = event_id || 'h'", &[])
             .await?;
         insert_pending(&c, pending, "pending").await?;
+        pgss_reset(&c).await?;
         let start = Instant::now();
         let relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
         wait_until("the sample", Duration::from_secs(600), || async {
@@ -1056,6 +1057,7 @@ async fn backlog(
         let large_rate = sample as f64 / start.elapsed().as_secs_f64();
         rss = rss.max(relay.peak_rss_mb());
         drop(relay);
+        pgss_report(&c).await?;
         let s = stats(port).await?;
         println!(
             "run {run}: {small} pending: {small_rate:.0}/s; {pending} pending + {history} history: {large_rate:.0}/s over the first {sample} = {:.2}x; check: bad_signatures={} duplicates={}",
