@@ -573,18 +573,19 @@ async fn stats(port: u16) -> Result<Stats> {
 }
 
 /// Inserts `n` pending rows for endpoint 1 directly (a backlog, as if the
-/// relay had been stopped while the app wrote).
+/// relay had been stopped while the app wrote), with event ids made as
+/// webhook.enqueue makes them.
 async fn insert_pending(c: &Client, n: i32, status: &str) -> Result<()> {
     let mut done = 0;
     while done < n {
         let batch = (n - done).min(200_000);
         c.execute(
             "INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id, status, attempts, delivered_at)
-             SELECT 'evt_' || md5($3 || ':' || g), 'add_credits',
+             SELECT webhook.new_event_id(), 'add_credits',
                     jsonb_build_object('buyerId', 'b' || g, 'buyerName', 'Bench Buyer ' || g,
                                        'postCodeList', '[\"AB1\",\"BN2\",\"GN3\"]'::jsonb,
                                        'topUpAmount', 10, 'eventCode', 'add_credits'),
-                    'b' || g, 1, $3, CASE WHEN $3 = 'delivered' THEN 1 ELSE 0 END,
+                    'b' || g, 1, $3::text, CASE WHEN $3 = 'delivered' THEN 1 ELSE 0 END,
                     CASE WHEN $3 = 'delivered' THEN now() END
                FROM generate_series($1::int + 1, $1::int + $2::int) g",
             &[&done, &batch, &status],
@@ -1043,9 +1044,6 @@ async fn backlog(
         let (_rx2, port) = b.spawn_receiver(None, 0, false)?;
         sync_endpoint(b, &url, port).await?;
         insert_pending(&c, history, "delivered").await?;
-        // Distinct event ids from the history rows.
-        c.execute("UPDATE webhook.outbox SET event_id = event_id || 'h'", &[])
-            .await?;
         insert_pending(&c, pending, "pending").await?;
         pgss_reset(&c).await?;
         let start = Instant::now();

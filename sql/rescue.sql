@@ -13,7 +13,10 @@ UPDATE webhook.outbox o
  WHERE o.id = ANY (ARRAY(
            SELECT id
              FROM webhook.outbox
-            WHERE status = 'in_flight'
+            -- Through outbox_queue, whose first column is the endpoint:
+            -- every endpoint's in-flight rows, a few dozen each.
+            WHERE endpoint_id = ANY (ARRAY(SELECT endpoint_id FROM webhook.endpoints))
+              AND status = 'in_flight'
               AND lease_expires_at < now()
             ORDER BY lease_expires_at
             LIMIT $1

@@ -15,7 +15,9 @@ DROP FUNCTION IF EXISTS webhook_buyer_postcode_list(text);
 
 -- user_credits_zero and add_credits, one row of buyer_credits at a time.
 -- Everything the events need is read in one statement (plpgsql keeps its
--- plan), and the postcode list only when an event fires.
+-- plan), and the postcode list only when an event fires. The list is an
+-- ARRAY(subquery) turned into JSON: no aggregate node to set up, about 2 %
+-- fewer instructions per top-up than an ordered jsonb_agg (BENCHMARKS.md).
 CREATE OR REPLACE FUNCTION webhook_buyer_credits_events()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -38,9 +40,10 @@ BEGIN
            CASE WHEN added
                   OR (old_balance > 0 AND old_balance >= b.lead_cost
                       AND NOT (NEW.balance > 0 AND NEW.balance >= b.lead_cost))
-                THEN (SELECT coalesce(jsonb_agg(p.postcode ORDER BY p.postcode COLLATE "C"), '[]')
-                        FROM buyer_postcodes p
-                       WHERE p.buyer_id = b.buyer_id)
+                THEN to_jsonb(ARRAY(SELECT p.postcode
+                                      FROM buyer_postcodes p
+                                     WHERE p.buyer_id = b.buyer_id
+                                     ORDER BY p.postcode COLLATE "C"))
            END
       INTO name, crossed, codes
       FROM buyers b
@@ -101,9 +104,10 @@ BEGIN
         -- A buyer deleted in this same transaction has no postcodes and no name
         -- left: that is the end of the buyer, not a postcode change.
         SELECT b.business_name,
-               (SELECT coalesce(jsonb_agg(p.postcode ORDER BY p.postcode COLLATE "C"), '[]')
-                  FROM buyer_postcodes p
-                 WHERE p.buyer_id = b.buyer_id)
+               to_jsonb(ARRAY(SELECT p.postcode
+                                FROM buyer_postcodes p
+                               WHERE p.buyer_id = b.buyer_id
+                               ORDER BY p.postcode COLLATE "C"))
           INTO name, codes
           FROM buyers b
          WHERE b.buyer_id = v_buyer_id;

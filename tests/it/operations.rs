@@ -808,7 +808,7 @@ async fn a_large_delivered_history_does_not_slow_claiming_and_retention_clears_i
         small.scan, small.total, large.scan, large.total
     );
     assert!(
-        large.plan.contains("outbox_pending_due") && !large.plan.contains("Seq Scan"),
+        large.plan.contains("outbox_queue") && !large.plan.contains("Seq Scan"),
         "claim does not use the partial index of pending rows:\n{}",
         large.plan
     );

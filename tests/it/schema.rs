@@ -136,7 +136,7 @@ async fn claiming_is_an_index_scan_whatever_the_delivered_history() {
         .collect();
     let plan = plan.join("\n");
     assert!(
-        plan.contains("outbox_pending_due"),
+        plan.contains("outbox_queue"),
         "claim does not use the partial index:\n{plan}"
     );
     assert!(
