@@ -108,6 +108,64 @@ async fn enqueue_routes_and_returns_the_event_id() {
     assert_eq!(n, 2);
 }
 
+
+/// Event ids are `evt_` + 12 hex digits of Unix milliseconds + 20 random hex
+/// digits: unique, and in creation order across transactions.
+#[tokio::test]
+async fn event_ids_carry_their_time_and_sort_by_it() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO webhook.endpoints (name, url, events) VALUES ('one', 'http://127.0.0.1:1/', '{e}')",
+    )
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        // Separate transactions, a few milliseconds apart.
+        let id: String = c
+            .query_one(
+                "SELECT webhook.enqueue('e', '{}') FROM pg_sleep(0.003)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    let now_ms: i64 = c
+        .query_one(
+            "SELECT (date_part('epoch', clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for id in &ids {
+        let hex = id.strip_prefix("evt_").expect("evt_ prefix");
+        assert_eq!(hex.len(), 32, "{id}");
+        assert!(
+            hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
+        let ms = i64::from_str_radix(&hex[..12], 16).unwrap();
+        assert!(
+            (0..60_000).contains(&(now_ms - ms)),
+            "{id} says {ms}, now is {now_ms}"
+        );
+    }
+    assert!(ids[0] < ids[1] && ids[1] < ids[2], "{ids:?}");
+    // A thousand in one statement: all distinct.
+    let distinct: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT webhook.new_event_id()) FROM generate_series(1, 1000)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, 1000);
+}
 #[tokio::test]
 async fn claiming_is_an_index_scan_whatever_the_delivered_history() {
     let db = TestDb::new().await;

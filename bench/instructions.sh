@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Instructions per top-up: what one application write costs the database,
+# with the reference triggers and without, counted by callgrind. Unlike a
+# throughput figure, the count does not move with what else the machine is
+# doing, so it can judge a change of a few per cent to the write path.
+#
+#   bash bench/instructions.sh            # from the repository root
+#   N=2000 bash bench/instructions.sh     # more statements per sample
+#
+# Needs valgrind and the Postgres server binaries. Starts a throwaway cluster
+# in a temporary directory (as the `postgres` or `nobody` account when run as
+# root), loads migrations/, sql/example_app.sql, sql/triggers.sql, one
+# endpoint subscribed to every event (its wake-up switch off, as under load)
+# and 10,000 buyers with three postcodes each, then stops it. Each case runs a
+# single-user backend under callgrind twice, with N and 3N top-ups (each its
+# own transaction, as in the benchmark's load); the difference divided by 2N
+# is the cost of one top-up, start-up and set-up cancelled out.
+set -euo pipefail
+
+N=${N:-500}
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "instructions.sh: valgrind is not installed" >&2; exit 2; }
+
+bindir=""
+if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/postgres" ]; then
+    bindir=$(pg_config --bindir)
+else
+    bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+fi
+[ -x "$bindir/postgres" ] || { echo "instructions.sh: no Postgres server binaries found" >&2; exit 2; }
+
+work=$(mktemp -d)
+as_server=()
+if [ "$(id -u)" = 0 ]; then
+    for account in postgres nobody; do
+        if id "$account" >/dev/null 2>&1; then as_server=(runuser -u "$account" --); break; fi
+    done
+    [ ${#as_server[@]} -gt 0 ] || { echo "instructions.sh: running as root without a postgres or nobody account" >&2; exit 2; }
+    chown "${as_server[2]}" "$work"
+fi
+data="$work/data"
+cleanup() {
+    "${as_server[@]}" "$bindir/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"${as_server[@]}" "$bindir/initdb" -D "$data" -U postgres --auth=trust >"$work/initdb.log" 2>&1
+port=$(( 20000 + RANDOM % 20000 ))
+"${as_server[@]}" "$bindir/pg_ctl" -D "$data" -l "$work/server.log" -w \
+    -o "-p $port -k $work -c listen_addresses= -c shared_buffers=1GB" start >/dev/null
+psql_() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@"; }
+psql_ -d postgres -c "CREATE DATABASE bench"
+for f in migrations/V*.sql sql/example_app.sql; do psql_ -d bench -f "$f" >/dev/null; done
+psql_ -d bench -f sql/triggers.sql >/dev/null 2>&1
+psql_ -d bench <<'SQL' >/dev/null
+WITH e AS (INSERT INTO webhook.endpoints (name, url, events)
+           VALUES ('bench', 'http://127.0.0.1:9/', ARRAY['user_credits_zero', 'post_code_change', 'add_credits'])
+           RETURNING endpoint_id)
+INSERT INTO webhook.wakeup (endpoint_id, armed) SELECT endpoint_id, false FROM e;
+ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events;
+ALTER TABLE buyer_postcodes DISABLE TRIGGER webhook_events;
+INSERT INTO buyers SELECT 'b' || g, 'Bench Buyer ' || g, 1 FROM generate_series(1, 10000) g;
+INSERT INTO buyer_postcodes SELECT 'b' || g, p FROM generate_series(1, 10000) g, unnest(ARRAY['AB1', 'BN2', 'GN3']) p;
+INSERT INTO buyer_credits SELECT 'b' || g, 1000000 FROM generate_series(1, 10000) g;
+CREATE FUNCTION bench_bare_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id)
+    VALUES ('evt_bare_' || pg_current_xact_id(), 'add_credits', '{}', NEW.buyer_id, 1);
+    RETURN NULL;
+END $$;
+SQL
+psql_ -d bench -c "VACUUM ANALYZE" >/dev/null
+"${as_server[@]}" "$bindir/pg_ctl" -D "$data" -w stop >/dev/null
+
+# One sample: the case's set-up line, then `count` top-ups, one per line (in
+# single-user mode without -j each line is a statement and a transaction).
+sample() {
+    local setup=$1 count=$2 input="$work/in.sql" out="$work/callgrind.out"
+    {
+        echo "$setup"
+        for i in $(seq "$count"); do
+            echo "UPDATE buyer_credits SET balance = balance + 1 WHERE buyer_id = 'b$(( (i * 7919) % 10000 + 1 ))';"
+        done
+    } >"$input"
+    chmod 644 "$input"
+    "${as_server[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$bindir/postgres" --single -D "$data" bench <"$input" >"$work/single.log" 2>&1
+    if grep -q ERROR "$work/single.log"; then
+        grep -m1 ERROR "$work/single.log" >&2
+        exit 1
+    fi
+    grep -o 'Collected : [0-9]*' "$work/single.log" | awk '{ print $3 }'
+}
+
+reset="DROP TRIGGER IF EXISTS bench_bare ON buyer_credits; ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events; TRUNCATE webhook.outbox CASCADE;"
+declare -A setup=(
+    [no-trigger]="$reset"
+    [bare-insert]="$reset CREATE TRIGGER bench_bare AFTER UPDATE ON buyer_credits FOR EACH ROW EXECUTE FUNCTION bench_bare_insert();"
+    [reference-triggers]="$reset ALTER TABLE buyer_credits ENABLE TRIGGER webhook_events;"
+)
+echo "# instructions per top-up (callgrind, single-user backend, $N and $((3 * N)) top-ups per sample)"
+echo "# $(postgres_version=$("$bindir/postgres" --version); echo "$postgres_version"); $(nproc) cores, $(uname -m)"
+for case in no-trigger bare-insert reference-triggers; do
+    small=$(sample "${setup[$case]}" "$N")
+    large=$(sample "${setup[$case]}" $((3 * N)))
+    printf '%-20s %8d instructions per top-up\n' "$case" $(( (large - small) / (2 * N) ))
+done
