@@ -108,7 +108,6 @@ async fn enqueue_routes_and_returns_the_event_id() {
     assert_eq!(n, 2);
 }
 
-
 /// Event ids are `evt_` + 12 hex digits of Unix milliseconds + 20 random hex
 /// digits: unique, and in creation order across transactions.
 #[tokio::test]
@@ -145,7 +144,8 @@ async fn event_ids_carry_their_time_and_sort_by_it() {
         let hex = id.strip_prefix("evt_").expect("evt_ prefix");
         assert_eq!(hex.len(), 32, "{id}");
         assert!(
-            hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
             "{id}"
         );
         let ms = i64::from_str_radix(&hex[..12], 16).unwrap();
