@@ -18,13 +18,20 @@
 
 DROP VIEW webhook.backlog, webhook.endpoint_health, webhook.recent_failures;
 
-CREATE DOMAIN webhook.delivery_status AS text
-    CHECK (VALUE IN ('pending', 'in_flight', 'delivered', 'dead'));
+-- In two steps, so the table is not rewritten: changing a column to a domain
+-- that has a constraint rewrites the table and its indexes under an exclusive
+-- lock; changing it to a domain without one only relabels the column, and
+-- adding the constraint to the domain afterwards reads the rows once to check
+-- them (they all passed the old CHECK).
+CREATE DOMAIN webhook.delivery_status AS text;
 
 ALTER TABLE webhook.outbox
     DROP CONSTRAINT outbox_status_check,
     DROP CONSTRAINT outbox_attempts_check,
     ALTER COLUMN status TYPE webhook.delivery_status;
+
+ALTER DOMAIN webhook.delivery_status
+    ADD CONSTRAINT delivery_status_check CHECK (VALUE IN ('pending', 'in_flight', 'delivered', 'dead'));
 
 -- Claiming (endpoint, 'pending', due first), the rescuer (endpoint,
 -- 'in_flight'), dead rows per endpoint (endpoint, 'dead'). Delivered rows,
