@@ -6,6 +6,7 @@
 #
 #   bash bench/instructions.sh            # from the repository root
 #   N=2000 bash bench/instructions.sh     # more statements per sample
+#   KEEP=1 bash bench/instructions.sh     # keep the last sample's callgrind output
 #
 # Needs valgrind and the Postgres server binaries. Starts a throwaway cluster
 # in a temporary directory (as the `postgres` or `nobody` account when run as
@@ -41,7 +42,11 @@ fi
 data="$work/data"
 cleanup() {
     "${as_server[@]}" "$bindir/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$work"
+    if [ -n "${KEEP:-}" ]; then
+        echo "# kept $work (callgrind.out: the last sample; callgrind_annotate reads it)"
+    else
+        rm -rf "$work"
+    fi
 }
 trap cleanup EXIT
 
@@ -93,6 +98,36 @@ sample() {
     grep -o 'Collected : [0-9]*' "$work/single.log" | awk '{ print $3 }'
 }
 
+# The relay's side: drain a backlog of `count` pending rows with the relay's
+# own claim and write-back statements (sql/claim.sql, sql/complete.sql), 32
+# rows a claim as with the default max_in_flight, each statement committed
+# on its own as the relay's are. The backlog is written by a run of its own,
+# not counted.
+flatten() { sed -e 's/--.*$//' "$1" | tr '\n' ' ' | sed -e "s/'/''/g"; }
+relay_proc="CREATE OR REPLACE PROCEDURE bench_drain() LANGUAGE plpgsql AS \$\$ DECLARE r record; ids bigint[]; att int[]; leases timestamptz[]; vers text[]; n int; BEGIN SET enable_seqscan = off; LOOP ids := '{}'; att := '{}'; leases := '{}'; vers := '{}'; FOR r IN EXECUTE '$(flatten sql/claim.sql)' USING 1, 32, 30.0::float8, 'bench' LOOP ids := ids || r.id; att := att || r.attempts; leases := leases || r.lease_expires_at; vers := vers || r.ctid; END LOOP; COMMIT; n := cardinality(ids); EXIT WHEN n = 0; EXECUTE '$(flatten sql/complete.sql)' USING ids, att, array_fill('delivered'::text, ARRAY[n]), array_fill(now(), ARRAY[n]), array_fill(5, ARRAY[n]), array_fill(200, ARRAY[n]), array_fill(NULL::text, ARRAY[n]), array_fill(NULL::text, ARRAY[n]), array_fill(NULL::timestamptz, ARRAY[n]), 'bench', leases, vers; COMMIT; END LOOP; END \$\$;"
+backlog() {
+    echo "TRUNCATE webhook.outbox CASCADE; INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id) SELECT webhook.new_event_id(), 'add_credits', jsonb_build_object('buyerId', 'b' || g, 'buyerName', 'Bench Buyer ' || g, 'postCodeList', '[\"AB1\",\"BN2\",\"GN3\"]'::jsonb, 'topUpAmount', 10, 'eventCode', 'add_credits'), 'b' || g, 1 FROM generate_series(1, $1) g;" >"$work/backlog.sql"
+    echo "$relay_proc" >>"$work/backlog.sql"
+    echo "VACUUM ANALYZE webhook.outbox;" >>"$work/backlog.sql"
+    chmod 644 "$work/backlog.sql"
+    "${as_server[@]}" "$bindir/postgres" --single -D "$data" bench <"$work/backlog.sql" >"$work/backlog.log" 2>&1
+    if grep -q ERROR "$work/backlog.log"; then grep -m1 ERROR "$work/backlog.log" >&2; exit 1; fi
+}
+drain() {
+    local count=$1 out="$work/callgrind.out"
+    backlog "$count"
+    echo "CALL bench_drain();" >"$work/in.sql"
+    chmod 644 "$work/in.sql"
+    "${as_server[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$bindir/postgres" --single -D "$data" bench <"$work/in.sql" >"$work/single.log" 2>&1
+    if grep -q ERROR "$work/single.log"; then grep -m1 ERROR "$work/single.log" >&2; exit 1; fi
+    local left
+    left=$(echo "SELECT count(*) FROM webhook.outbox WHERE status <> 'delivered';" \
+        | "${as_server[@]}" "$bindir/postgres" --single -D "$data" bench 2>&1 | grep -o 'count = "[0-9]*"' | tr -dc 0-9)
+    [ "$left" = 0 ] || { echo "instructions.sh: the drain left $left rows undelivered" >&2; exit 1; }
+    grep -o 'Collected : [0-9]*' "$work/single.log" | awk '{ print $3 }'
+}
+
 reset="DROP TRIGGER IF EXISTS bench_bare ON buyer_credits; ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events; TRUNCATE webhook.outbox CASCADE;"
 declare -A setup=(
     [no-trigger]="$reset"
@@ -106,3 +141,7 @@ for case in no-trigger bare-insert reference-triggers; do
     large=$(sample "${setup[$case]}" $((3 * N)))
     printf '%-20s %8d instructions per top-up\n' "$case" $(( (large - small) / (2 * N) ))
 done
+small=$(drain $((4 * N)))
+large=$(drain $((12 * N)))
+printf '%-20s %8d instructions per event (the relay'"'"'s claim and write-back, %d and %d rows)\n' \
+    "relay-statements" $(( (large - small) / (8 * N) )) $((4 * N)) $((12 * N))
