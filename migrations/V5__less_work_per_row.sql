@@ -44,8 +44,8 @@ DROP INDEX webhook.outbox_pending_due, webhook.outbox_in_flight_lease, webhook.o
 -- a random UUID (74 random bits): the same length as before, unique without
 -- coordination, and increasing with time. A single SELECT in SQL, so Postgres
 -- inlines it where it is called. date_part, not extract: extract computes in
--- numeric, which cost 14k instructions per event against 8k for this whole
--- function over the old random id.
+-- numeric; with it this function cost 22k instructions per event more than
+-- the old random id, with date_part 8k.
 CREATE FUNCTION webhook.new_event_id()
 RETURNS text
 LANGUAGE sql
