@@ -31,13 +31,17 @@ fi
 [ -x "$bindir/postgres" ] || { echo "instructions.sh: no Postgres server binaries found" >&2; exit 2; }
 
 work=$(mktemp -d)
+# As root, the server runs as the postgres (or nobody) account, as the
+# project's throwaway clusters do.
 as_server=()
 if [ "$(id -u)" = 0 ]; then
-    for account in postgres nobody; do
-        if id "$account" >/dev/null 2>&1; then as_server=(runuser -u "$account" --); break; fi
+    account=""
+    for name in postgres nobody; do
+        if id "$name" >/dev/null 2>&1; then account=$name; break; fi
     done
-    [ ${#as_server[@]} -gt 0 ] || { echo "instructions.sh: running as root without a postgres or nobody account" >&2; exit 2; }
-    chown "${as_server[2]}" "$work"
+    [ -n "$account" ] || { echo "instructions.sh: running as root without a postgres or nobody account" >&2; exit 2; }
+    as_server=(runuser -u "$account" --)
+    chown "$account" "$work"
 fi
 data="$work/data"
 cleanup() {

@@ -13,25 +13,36 @@
 -- 4. Event ids start with the time in milliseconds, so a new id lands at the
 --    right-hand end of outbox_event_id instead of on a random page of it.
 --
--- The views depend on the status column, so they are dropped and created
--- again, unchanged, around its change of type.
+-- The status column changes type in two steps, so the table is not
+-- rewritten: changing a column to a domain that has a constraint rewrites the
+-- table and its indexes under an exclusive lock; changing it to a domain
+-- without one only relabels the column, and adding the constraint to the
+-- domain afterwards reads the rows once to check them (they all passed the
+-- old CHECK). The views of V2 depend on the column, so they are dropped
+-- first and created again afterwards from their own stored definitions.
+DO $$
+DECLARE
+    views text[] := ARRAY['webhook.backlog', 'webhook.endpoint_health', 'webhook.recent_failures'];
+    definitions text[];
+BEGIN
+    SELECT array_agg(pg_get_viewdef(v::regclass) ORDER BY i)
+      INTO definitions
+      FROM unnest(views) WITH ORDINALITY AS t(v, i);
+    DROP VIEW webhook.backlog, webhook.endpoint_health, webhook.recent_failures;
 
-DROP VIEW webhook.backlog, webhook.endpoint_health, webhook.recent_failures;
+    CREATE DOMAIN webhook.delivery_status AS text;
+    ALTER TABLE webhook.outbox
+        DROP CONSTRAINT outbox_status_check,
+        DROP CONSTRAINT outbox_attempts_check,
+        ALTER COLUMN status TYPE webhook.delivery_status;
+    ALTER DOMAIN webhook.delivery_status
+        ADD CONSTRAINT delivery_status_check CHECK (VALUE IN ('pending', 'in_flight', 'delivered', 'dead'));
 
--- In two steps, so the table is not rewritten: changing a column to a domain
--- that has a constraint rewrites the table and its indexes under an exclusive
--- lock; changing it to a domain without one only relabels the column, and
--- adding the constraint to the domain afterwards reads the rows once to check
--- them (they all passed the old CHECK).
-CREATE DOMAIN webhook.delivery_status AS text;
-
-ALTER TABLE webhook.outbox
-    DROP CONSTRAINT outbox_status_check,
-    DROP CONSTRAINT outbox_attempts_check,
-    ALTER COLUMN status TYPE webhook.delivery_status;
-
-ALTER DOMAIN webhook.delivery_status
-    ADD CONSTRAINT delivery_status_check CHECK (VALUE IN ('pending', 'in_flight', 'delivered', 'dead'));
+    FOR i IN 1 .. array_length(views, 1) LOOP
+        EXECUTE format('CREATE VIEW %s AS %s', views[i], definitions[i]);
+    END LOOP;
+END;
+$$;
 
 -- Claiming (endpoint, 'pending', due first), the rescuer (endpoint,
 -- 'in_flight'), dead rows per endpoint (endpoint, 'dead'). Delivered rows,
@@ -109,75 +120,3 @@ BEGIN
     RETURN new_event_id;
 END;
 $$;
-
-CREATE VIEW webhook.backlog AS
-SELECT e.name AS endpoint,
-       e.enabled,
-       p.pending,
-       p.due,
-       f.in_flight,
-       d.dead,
-       p.oldest_pending_at,
-       now() - p.oldest_pending_at AS oldest_pending_age,
-       p.next_attempt_at
-  FROM webhook.endpoints e
- CROSS JOIN LATERAL (
-        SELECT count(*) AS pending,
-               count(*) FILTER (WHERE o.next_attempt_at <= now()) AS due,
-               min(o.created_at) AS oldest_pending_at,
-               min(o.next_attempt_at) AS next_attempt_at
-          FROM webhook.outbox o
-         WHERE o.endpoint_id = e.endpoint_id AND o.status = 'pending') p
- CROSS JOIN LATERAL (
-        SELECT count(*) AS in_flight
-          FROM webhook.outbox o
-         WHERE o.endpoint_id = e.endpoint_id AND o.status = 'in_flight') f
- CROSS JOIN LATERAL (
-        SELECT count(*) AS dead
-          FROM webhook.outbox o
-         WHERE o.endpoint_id = e.endpoint_id AND o.status = 'dead') d;
-
--- How each endpoint has answered over the last hour, from webhook.attempts:
--- a success is an attempt without error (a 2xx answer). Response times are in
--- milliseconds, over all attempts (a timeout counts with its full duration).
--- Every column but the endpoint's is NULL (or 0) when it had no attempt.
-CREATE VIEW webhook.endpoint_health AS
-SELECT e.name AS endpoint,
-       e.enabled,
-       count(a.id) AS attempts,
-       count(a.id) FILTER (WHERE a.error IS NULL) AS succeeded,
-       count(a.id) FILTER (WHERE a.error IS NOT NULL) AS failed,
-       round(100.0 * count(a.id) FILTER (WHERE a.error IS NULL) / nullif(count(a.id), 0), 1) AS success_pct,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms) AS p50_ms,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms) AS p95_ms,
-       max(a.started_at) FILTER (WHERE a.error IS NULL) AS last_success_at,
-       max(a.started_at) FILTER (WHERE a.error IS NOT NULL) AS last_failure_at,
-       (array_agg(a.error ORDER BY a.started_at DESC) FILTER (WHERE a.error IS NOT NULL))[1] AS last_error
-  FROM webhook.endpoints e
-  LEFT JOIN (webhook.outbox o
-             JOIN webhook.attempts a ON a.outbox_id = o.id AND a.started_at > now() - interval '1 hour')
-         ON o.endpoint_id = e.endpoint_id
- GROUP BY e.endpoint_id, e.name, e.enabled;
-
--- Failed attempts of the last 24 hours, newest first, with the row they
--- belong to and where that row stands now (row_status: retrying as
--- 'pending', 'dead', or since 'delivered').
-CREATE VIEW webhook.recent_failures AS
-SELECT a.started_at,
-       e.name AS endpoint,
-       o.id AS outbox_id,
-       o.event_id,
-       o.event_code,
-       a.attempt,
-       a.response_status,
-       a.duration_ms,
-       a.error,
-       left(a.response_body, 200) AS response_body,
-       o.status AS row_status,
-       o.next_attempt_at
-  FROM webhook.attempts a
-  JOIN webhook.outbox o ON o.id = a.outbox_id
-  JOIN webhook.endpoints e ON e.endpoint_id = o.endpoint_id
- WHERE a.error IS NOT NULL
-   AND a.started_at > now() - interval '24 hours'
- ORDER BY a.started_at DESC;
