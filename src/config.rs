@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod files;
 mod values;
 pub use values::{ApiToken, Secret};
 use values::{Dur, EventCodeName, HttpUrl, Keep, SecretText, TokenText};
@@ -158,6 +159,7 @@ pub fn redact_url(url: &url::Url) -> String {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     database_url: Option<String>,
+    database_url_file: Option<Spanned<String>>,
     listen: Option<Spanned<String>>,
     relay_name: Option<String>,
     poll_interval: Option<Dur>,
@@ -168,6 +170,7 @@ struct RawConfig {
     ssrf_guard: Option<RawSsrfGuard>,
     api_admin_token: Option<Spanned<TokenText>>,
     api_admin_token_env: Option<Spanned<String>>,
+    api_admin_token_file: Option<Spanned<String>>,
     #[serde(default)]
     extra_events: Vec<EventCodeName>,
     #[serde(default)]
@@ -182,6 +185,7 @@ struct RawEndpoint {
     events: Spanned<Vec<EventCodeName>>,
     secret: Option<SecretText>,
     secret_env: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
     #[serde(default)]
     previous_secrets: Vec<SecretText>,
     timeout: Option<Spanned<Dur>>,
@@ -197,6 +201,7 @@ struct RawEndpoint {
     no_retry_statuses: Option<Vec<Spanned<u16>>>,
     api_token: Option<Spanned<TokenText>>,
     api_token_env: Option<Spanned<String>>,
+    api_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -224,18 +229,34 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        Config::parse(&text, &path.display().to_string(), &|name| {
-            std::env::var(name).ok()
-        })
+        Config::parse_in(
+            &text,
+            &path.display().to_string(),
+            &|name| std::env::var(name).ok(),
+            &files::base_dir(path),
+        )
     }
 
     /// Parses and validates config text. `origin` names the file in messages;
     /// `env` looks up environment variables (injected so tests need not touch
     /// the process environment).
+    /// Files named in the text (`secret_file`, ...) are read relative to the
+    /// working directory.
     pub fn parse(
         text: &str,
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse_in(text, origin, env, Path::new("."))
+    }
+
+    /// As [`Config::parse`], with relative file names read from `base` (the
+    /// config file's directory).
+    pub fn parse_in(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        base: &Path,
     ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|s| s.start);
@@ -269,6 +290,8 @@ impl Config {
         let admin_token = token_or_env(
             raw.api_admin_token,
             raw.api_admin_token_env.as_ref(),
+            raw.api_admin_token_file.as_ref(),
+            base,
             "",
             env,
             &err,
@@ -306,17 +329,29 @@ impl Config {
             }
 
             let mut secrets = Vec::new();
-            match (ep.secret, &ep.secret_env) {
-                (Some(_), Some(env_key)) => {
-                    return Err(err(
-                        env_key.span().start,
-                        format!(
-                            "endpoint {name:?}: give either \"secret\" or \"secret_env\", not both"
-                        ),
-                    ))
-                }
-                (Some(s), None) => secrets.push(s.0),
-                (None, Some(env_key)) => {
+            let given = [
+                ep.secret.as_ref().map(|_| "secret"),
+                ep.secret_env.as_ref().map(|_| "secret_env"),
+                ep.secret_file.as_ref().map(|_| "secret_file"),
+            ];
+            let given: Vec<&str> = given.into_iter().flatten().collect();
+            if given.len() > 1 {
+                let at = ep
+                    .secret_file
+                    .as_ref()
+                    .or(ep.secret_env.as_ref())
+                    .map_or(name_at, |k| k.span().start);
+                return Err(err(
+                    at,
+                    format!(
+                        "endpoint {name:?}: give one of \"secret\", \"secret_env\" or \"secret_file\", not both {}",
+                        given.join(" and ")
+                    ),
+                ));
+            }
+            match (ep.secret, &ep.secret_env, &ep.secret_file) {
+                (Some(s), _, _) => secrets.push(s.0),
+                (None, Some(env_key), _) => {
                     let var = env_key.get_ref();
                     let value = env(var).ok_or_else(|| {
                         err(
@@ -332,10 +367,26 @@ impl Config {
                     })?;
                     secrets.push(secret);
                 }
-                (None, None) => {
+                (None, None, Some(file)) => {
+                    let at = file.span().start;
+                    let path = files::resolve(base, file.get_ref());
+                    let value = files::read_secret_text(&path)
+                        .map_err(|e| err(at, format!("endpoint {name:?}: {e}")))?;
+                    let secret = Secret::parse(&value).map_err(|e| {
+                        err(
+                            at,
+                            format!(
+                                "endpoint {name:?}: {} holds an invalid secret: {e}",
+                                path.display()
+                            ),
+                        )
+                    })?;
+                    secrets.push(secret);
+                }
+                (None, None, None) => {
                     return Err(err(
                         name_at,
-                        format!("endpoint {name:?}: \"secret\" or \"secret_env\" is required"),
+                        format!("endpoint {name:?}: \"secret\", \"secret_env\" or \"secret_file\" is required"),
                     ))
                 }
             }
@@ -460,6 +511,8 @@ impl Config {
             let api_token = token_or_env(
                 ep.api_token,
                 ep.api_token_env.as_ref(),
+                ep.api_token_file.as_ref(),
+                base,
                 &format!("endpoint {name:?}: "),
                 env,
                 &err,
@@ -576,8 +629,22 @@ impl Config {
             _ => None,
         };
 
+        let database_url = match (raw.database_url, raw.database_url_file) {
+            (Some(_), Some(file)) => {
+                return Err(err(
+                    file.span().start,
+                    "give \"database_url\" or \"database_url_file\", not both".into(),
+                ))
+            }
+            (url, None) => url,
+            (None, Some(file)) => Some(
+                files::read_secret_text(&files::resolve(base, file.get_ref()))
+                    .map_err(|e| err(file.span().start, e))?,
+            ),
+        };
+
         Ok(Config {
-            database_url: raw.database_url,
+            database_url,
             listen,
             relay_name: raw.relay_name,
             poll_interval: raw.poll_interval.map_or(DEFAULT_POLL_INTERVAL, |d| d.0),
@@ -624,49 +691,79 @@ pub fn database_url_from_file(path: &Path) -> Result<Option<String>, ConfigError
         let at = e.span().map(|s| s.start);
         ConfigError(located(&text, &origin, at, e.message().trim_end()))
     })?;
-    match table.get("database_url") {
-        None => Ok(None),
-        Some(toml::Value::String(url)) => Ok(Some(url.clone())),
-        Some(_) => Err(ConfigError(format!(
-            "{origin}: database_url must be a string"
+    match (table.get("database_url"), table.get("database_url_file")) {
+        (None, None) => Ok(None),
+        (Some(toml::Value::String(url)), None) => Ok(Some(url.clone())),
+        (None, Some(toml::Value::String(file))) => {
+            files::read_secret_text(&files::resolve(&files::base_dir(path), file))
+                .map(Some)
+                .map_err(|e| ConfigError(format!("{origin} (database_url_file): {e}")))
+        }
+        (Some(_), Some(_)) => Err(ConfigError(format!(
+            "{origin}: give \"database_url\" or \"database_url_file\", not both"
+        ))),
+        _ => Err(ConfigError(format!(
+            "{origin}: database_url and database_url_file must be strings"
         ))),
     }
 }
 
-/// An API token given inline or by the name of an environment variable (not
-/// both). `prefix` names the endpoint in messages. Returns the token and where
-/// it was given.
+/// An API token given inline, by the name of an environment variable or by
+/// a file (only one). `prefix` names the endpoint in messages. Returns the
+/// token and where it was given.
 fn token_or_env(
     inline: Option<Spanned<TokenText>>,
     env_key: Option<&Spanned<String>>,
+    file: Option<&Spanned<String>>,
+    base: &Path,
     prefix: &str,
     env: &dyn Fn(&str) -> Option<String>,
     err: &dyn Fn(usize, String) -> ConfigError,
 ) -> Result<Option<(ApiToken, usize)>, ConfigError> {
-    match (inline, env_key) {
-        (Some(_), Some(key)) => Err(err(
-            key.span().start,
-            format!("{prefix}give the API token inline or by environment variable, not both"),
-        )),
-        (Some(t), None) => {
-            let at = t.span().start;
-            Ok(Some((t.into_inner().0, at)))
-        }
-        (None, Some(key)) => {
-            let var = key.get_ref();
-            let at = key.span().start;
-            let value = env(var)
-                .ok_or_else(|| err(at, format!("{prefix}environment variable {var} is not set")))?;
-            let token = ApiToken::parse(value.trim()).map_err(|e| {
-                err(
-                    at,
-                    format!("{prefix}environment variable {var} holds an invalid API token: {e}"),
-                )
-            })?;
-            Ok(Some((token, at)))
-        }
-        (None, None) => Ok(None),
+    let inline_at = inline.as_ref().map(|t| t.span().start);
+    let ways = [
+        inline_at,
+        env_key.map(|k| k.span().start),
+        file.map(|f| f.span().start),
+    ];
+    if let Some(second) = ways.iter().flatten().nth(1) {
+        return Err(err(
+            *second,
+            format!(
+                "{prefix}give the API token inline, by environment variable or by file, not both"
+            ),
+        ));
     }
+    if let Some(t) = inline {
+        let at = t.span().start;
+        return Ok(Some((t.into_inner().0, at)));
+    }
+    if let Some(key) = env_key {
+        let var = key.get_ref();
+        let at = key.span().start;
+        let value = env(var)
+            .ok_or_else(|| err(at, format!("{prefix}environment variable {var} is not set")))?;
+        let token = ApiToken::parse(value.trim()).map_err(|e| {
+            err(
+                at,
+                format!("{prefix}environment variable {var} holds an invalid API token: {e}"),
+            )
+        })?;
+        return Ok(Some((token, at)));
+    }
+    if let Some(file) = file {
+        let at = file.span().start;
+        let path = files::resolve(base, file.get_ref());
+        let value = files::read_secret_text(&path).map_err(|e| err(at, format!("{prefix}{e}")))?;
+        let token = ApiToken::parse(&value).map_err(|e| {
+            err(
+                at,
+                format!("{prefix}{} holds an invalid API token: {e}", path.display()),
+            )
+        })?;
+        return Ok(Some((token, at)));
+    }
+    Ok(None)
 }
 
 /// The default config path when `--config` is not given.

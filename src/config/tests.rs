@@ -397,3 +397,80 @@ fn a_mangled_line_is_named_by_its_key_without_echoing_its_value() {
     assert!(msg.contains("line 6 (previous_secrets)"), "{msg}");
     assert!(!msg.contains("C2FVsBQIhrscChlQIMV"), "{msg}");
 }
+
+#[test]
+fn secrets_and_the_database_url_are_read_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("crm.secret"), format!("{SECRET}\n")).unwrap();
+    std::fs::write(dir.path().join("db.url"), "postgres://relay:pw@db/app\n").unwrap();
+    let text = endpoint("").replace(
+        &format!("secret = \"{SECRET}\""),
+        "secret_file = \"crm.secret\"",
+    );
+    let text = format!("database_url_file = \"db.url\"\n{text}");
+    let cfg = Config::parse_in(&text, "relay.toml", &no_env, dir.path()).unwrap();
+    assert_eq!(cfg.endpoints[0].secrets[0].encode(), SECRET);
+    assert_eq!(
+        cfg.database_url.as_deref(),
+        Some("postgres://relay:pw@db/app")
+    );
+
+    // A missing file: the key and the path are named.
+    let msg = Config::parse(&text, "relay.toml", &no_env).unwrap_err().0;
+    assert!(
+        msg.contains("line 6 (secret_file)") && msg.contains("./crm.secret"),
+        "{msg}"
+    );
+    let no_url = text.replace("db.url", "missing.url");
+    let msg = Config::parse_in(&no_url, "relay.toml", &no_env, dir.path())
+        .unwrap_err()
+        .0;
+    assert!(
+        msg.contains("line 1 (database_url_file)") && msg.contains("missing.url"),
+        "{msg}"
+    );
+    // A file that does not hold a secret: its contents are not repeated.
+    std::fs::write(dir.path().join("crm.secret"), "whsec_not-base64-hunter2").unwrap();
+    let msg = Config::parse_in(&text, "relay.toml", &no_env, dir.path())
+        .unwrap_err()
+        .0;
+    assert!(
+        msg.contains("(secret_file)") && msg.contains("invalid secret") && !msg.contains("hunter2"),
+        "{msg}"
+    );
+    std::fs::write(dir.path().join("crm.secret"), "\n").unwrap();
+    let msg = Config::parse_in(&text, "relay.toml", &no_env, dir.path())
+        .unwrap_err()
+        .0;
+    assert!(msg.contains("is empty"), "{msg}");
+
+    let both = format!("{}secret_file = \"crm.secret\"\n", endpoint(""));
+    assert!(error_of(&both).contains("not both secret and secret_file"));
+    std::fs::write(dir.path().join("crm.secret"), SECRET).unwrap();
+    let both = format!("database_url = \"x\"\n{text}");
+    assert!(Config::parse_in(&both, "relay.toml", &no_env, dir.path())
+        .unwrap_err()
+        .0
+        .contains("not both"));
+
+    std::fs::write(dir.path().join("api.token"), "crm-token-0123456789abcdef\n").unwrap();
+    let with_token = format!("{text}api_token_file = \"api.token\"\n");
+    let cfg = Config::parse_in(&with_token, "relay.toml", &no_env, dir.path()).unwrap();
+    assert!(cfg.endpoints[0].api_token.is_some());
+    let msg = error_of(&format!(
+        "{}api_token = \"crm-token-0123456789abcdef\"\napi_token_file = \"x\"\n",
+        endpoint("")
+    ));
+    assert!(
+        msg.contains("(api_token_file)") && msg.contains("not both"),
+        "{msg}"
+    );
+
+    // status and replay read database_url_file too, beside the config file.
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(
+        database_url_from_file(&path).unwrap().as_deref(),
+        Some("postgres://relay:pw@db/app")
+    );
+}

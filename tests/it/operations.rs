@@ -995,35 +995,46 @@ fn the_packaging_examples_fit_the_binary() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
 
-    // The example config is valid with the variables the example env file sets.
-    let env_file = read("examples/outbox-relay.env");
-    let vars: Vec<&str> = env_file
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
-        .collect();
+    // The example config is valid with the credentials the unit loads: each
+    // LoadCredential= id becomes a file in a stand-in $CREDENTIALS_DIRECTORY.
+    let unit = read("examples/outbox-relay.service");
+    let credentials = tempfile::tempdir().unwrap();
     let tokens = ["admin-token-0123456789abcdef", "crm-token-0123456789abcdef"];
-    let env = |name: &str| {
+    let mut ids = Vec::new();
+    for line in unit.lines() {
+        if let Some(spec) = line.strip_prefix("LoadCredential=") {
+            let (id, source) = spec.split_once(':').expect("LoadCredential=ID:PATH");
+            assert!(source.starts_with("/etc/outbox-relay/"), "{line}");
+            let value = match id {
+                "database-url" => "postgres://relay@db.internal/app?sslmode=verify-full",
+                "crm-webhook-secret" => SECRET,
+                "api-admin-token" => tokens[0],
+                _ => tokens[1],
+            };
+            std::fs::write(credentials.path().join(id), format!("{value}\n")).unwrap();
+            ids.push(id.to_string());
+        }
+    }
+    let config = read("examples/relay.toml");
+    for line in config.lines().filter(|l| l.contains("_file = ")) {
         assert!(
-            vars.contains(&name),
-            "examples/outbox-relay.env lacks {name}"
+            ids.iter().any(|id| line.ends_with(&format!("= \"{id}\""))),
+            "{line} names no credential the unit loads"
         );
-        Some(match name {
-            "CRM_WEBHOOK_SECRET" => SECRET.to_string(),
-            "RELAY_API_ADMIN_TOKEN" => tokens[0].to_string(),
-            _ => tokens[1].to_string(),
-        })
-    };
-    let cfg = outbox_relay::config::Config::parse(
-        &read("examples/relay.toml"),
+    }
+    let cfg = outbox_relay::config::Config::parse_in(
+        &config,
         "examples/relay.toml",
-        &env,
+        &|name| panic!("examples/relay.toml reads the environment variable {name}"),
+        credentials.path(),
     )
     .unwrap();
-    assert!(vars.contains(&"DATABASE_URL") && cfg.database_url.is_none());
+    assert!(cfg
+        .database_url
+        .is_some_and(|u| u.contains("sslmode=verify-full")));
+    assert!(cfg.api_admin_token.is_some() && cfg.endpoints[0].api_token.is_some());
 
     // The unit stops with SIGTERM and waits long enough for a graceful stop.
-    let unit = read("examples/outbox-relay.service");
     let value = |key: &str| {
         unit.lines()
             .find_map(|l| l.strip_prefix(&format!("{key}=")))
