@@ -4,7 +4,10 @@
 -- other relays away while the request is made. The returned attempts,
 -- lease_expires_at and ctid (the address of the row version this claim made)
 -- are the fence: a write-back must name all three, so it only lands on the
--- very claim it belongs to.
+-- very claim it belongs to. A paused endpoint's rows are not claimed (the
+-- check is evaluated once per statement): every relay stops at its next claim
+-- when any of them, or a person, pauses the endpoint; its probes go through
+-- sql/claim_probe.sql.
 UPDATE webhook.outbox o
    SET status = 'in_flight',
        attempts = o.attempts + 1,
@@ -21,6 +24,8 @@ UPDATE webhook.outbox o
             WHERE endpoint_id = $1
               AND status = 'pending'
               AND next_attempt_at <= now()
+              AND NOT EXISTS (SELECT FROM webhook.endpoints e
+                               WHERE e.endpoint_id = $1 AND e.paused_at IS NOT NULL)
             ORDER BY next_attempt_at, id
             LIMIT $2
               FOR UPDATE SKIP LOCKED))

@@ -1,4 +1,5 @@
--- `outbox-relay status`: one row per endpoint with its rows by status, the
+-- `outbox-relay status`: one row per endpoint with its state (running,
+-- paused, disabled) and circuit breaker columns, its rows by status, the
 -- creation time of its oldest pending row, its attempts of the last five
 -- minutes (a success is an attempt without error), and its newest failed
 -- attempt (through the attempts_failed index). Counting delivered rows reads
@@ -18,7 +19,13 @@ SELECT e.name,
        le.event_id AS error_event_id,
        le.attempt AS error_attempt,
        le.response_status AS error_response_status,
-       le.error
+       le.error,
+       CASE WHEN NOT e.enabled THEN 'disabled' WHEN e.paused_at IS NOT NULL THEN 'paused' ELSE 'running' END AS state,
+       e.paused_at,
+       e.paused_by,
+       e.failing_since,
+       e.last_probe_at,
+       r.probes AS probes_5m
   FROM webhook.endpoints e
  CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE o.status = 'pending') AS pending,
@@ -30,7 +37,8 @@ SELECT e.name,
          WHERE o.endpoint_id = e.endpoint_id) c
  CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE a.error IS NULL) AS delivered,
-               count(*) FILTER (WHERE a.error IS NOT NULL) AS failed
+               count(*) FILTER (WHERE a.error IS NOT NULL) AS failed,
+               count(*) FILTER (WHERE a.probe) AS probes
           FROM webhook.attempts a
           JOIN webhook.outbox o ON o.id = a.outbox_id
          WHERE o.endpoint_id = e.endpoint_id

@@ -17,7 +17,7 @@ use toml::Spanned;
 mod files;
 mod values;
 pub use values::{ApiToken, Secret};
-use values::{Dur, EventCodeName, HttpUrl, Keep, SecretText, TokenText};
+use values::{Dur, EventCodeName, HttpUrl, Keep, PauseAfter, SecretText, TokenText};
 
 /// Where the metrics, health and status API listen when `listen` is not given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
@@ -41,6 +41,18 @@ pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 32;
 /// Statuses that end delivery at once (the receiver said the endpoint is gone).
 pub const DEFAULT_NO_RETRY_STATUSES: &[u16] = &[410];
+/// How long every attempt to an endpoint must have failed before the circuit
+/// breaker pauses it. Five minutes: long enough that a deploy or a brief
+/// network fault never trips it, short enough that with the default backoff
+/// (5 s doubling) a row has used about six of its eight attempts by then, so
+/// an outage pauses the endpoint before its rows start turning `dead`.
+pub const DEFAULT_PAUSE_AFTER: Duration = Duration::from_secs(5 * 60);
+/// How often a paused endpoint is probed with its oldest pending event:
+/// a receiver that is back waits at most this long, and a receiver that is
+/// still down gets two requests a minute from all relays together.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// The word that turns the circuit breaker off for an endpoint.
+pub const BREAKER_OFF: &str = "off";
 /// Event codes the reference triggers (sql/triggers.sql) emit.
 pub const BUILTIN_EVENTS: &[&str] = &["user_credits_zero", "post_code_change", "add_credits"];
 
@@ -131,6 +143,11 @@ pub struct EndpointConfig {
     pub no_retry_statuses: Vec<u16>,
     /// Bearer token that may read this endpoint's events (status API).
     pub api_token: Option<ApiToken>,
+    /// The circuit breaker: pause after every attempt failed this long;
+    /// `None` is off.
+    pub pause_after: Option<Duration>,
+    /// While paused (by the breaker), one probe this often.
+    pub probe_interval: Duration,
 }
 
 impl EndpointConfig {
@@ -202,6 +219,8 @@ struct RawEndpoint {
     api_token: Option<Spanned<TokenText>>,
     api_token_env: Option<Spanned<String>>,
     api_token_file: Option<Spanned<String>>,
+    pause_after: Option<PauseAfter>,
+    probe_interval: Option<Spanned<Dur>>,
 }
 
 #[derive(Deserialize)]
@@ -519,6 +538,18 @@ impl Config {
             )?;
             tokens.extend(api_token.clone());
 
+            let pause_after = ep.pause_after.map_or(Some(DEFAULT_PAUSE_AFTER), |p| p.0);
+            let probe_interval = match &ep.probe_interval {
+                None => DEFAULT_PROBE_INTERVAL,
+                Some(p) if p.get_ref().0 < Duration::from_millis(100) => {
+                    return Err(err(
+                        p.span().start,
+                        format!("endpoint {name:?}: must be at least 100ms"),
+                    ))
+                }
+                Some(p) => p.get_ref().0,
+            };
+
             endpoints.push(EndpointConfig {
                 name,
                 url: ep.url.0,
@@ -535,6 +566,8 @@ impl Config {
                 enabled: ep.enabled.unwrap_or(true),
                 no_retry_statuses,
                 api_token: api_token.map(|(t, _)| t),
+                pause_after,
+                probe_interval,
             });
         }
 

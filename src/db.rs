@@ -57,6 +57,10 @@ pub struct Statements {
     pub disarm: tokio_postgres::Statement,
     pub snapshot: tokio_postgres::Statement,
     pub settled: tokio_postgres::Statement,
+    pub breaker_report: tokio_postgres::Statement,
+    pub claim_probe: tokio_postgres::Statement,
+    pub probe_finish: tokio_postgres::Statement,
+    pub resume_after_probe: tokio_postgres::Statement,
 }
 
 /// A live connection and its prepared statements.
@@ -172,6 +176,10 @@ async fn prepare(client: &Client) -> Result<Statements> {
         disarm: p(include_str!("../sql/disarm.sql")).await?,
         snapshot: p(include_str!("../sql/snapshot.sql")).await?,
         settled: p(include_str!("../sql/settled.sql")).await?,
+        breaker_report: p(include_str!("../sql/breaker_report.sql")).await?,
+        claim_probe: p(include_str!("../sql/claim_probe.sql")).await?,
+        probe_finish: p(include_str!("../sql/probe_finish.sql")).await?,
+        resume_after_probe: p(include_str!("../sql/resume_after_probe.sql")).await?,
     })
 }
 

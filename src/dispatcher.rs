@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::breaker::Breaker;
 use crate::completer::{Completion, Done};
 use crate::config::EndpointConfig;
 use crate::db::Db;
@@ -48,6 +49,8 @@ pub struct Endpoint {
     pub limiter: Option<DefaultDirectRateLimiter>,
     pub slots: Arc<Semaphore>,
     pub policy: RetryPolicy,
+    /// The circuit breaker's view of this endpoint (src/breaker.rs).
+    pub breaker: Breaker,
 }
 
 impl Endpoint {
@@ -69,6 +72,7 @@ impl Endpoint {
                 max: cfg.retry_max,
                 no_retry_statuses: cfg.no_retry_statuses.clone(),
             },
+            breaker: Breaker::default(),
             cfg,
         }
     }
@@ -130,7 +134,23 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
     let stop = shared.stop_claiming.clone();
     let want = shared.claim_batch.min(ep.cfg.max_in_flight) as usize;
     let mut last_full = false;
+    let mut paused = ep.breaker.paused();
     loop {
+        // 0. Paused (src/breaker.rs sends the probes): claim nothing, and
+        // leave the wake-up switch off so writers send no NOTIFY for it.
+        if *paused.borrow_and_update() {
+            disarm(&shared, &ep);
+            tracing::debug!(endpoint = %ep.cfg.name, "paused; not claiming");
+            loop {
+                tokio::select! {
+                    r = paused.changed() => if r.is_err() || !*paused.borrow_and_update() { break },
+                    _ = stop.cancelled() => return,
+                }
+            }
+            state = Wakeup::Busy;
+            last_full = false;
+        }
+
         // 1. At least one free slot; take as many more as are free now.
         let first = tokio::select! {
             p = ep.slots.clone().acquire_owned() => p.expect("endpoint semaphores are never closed"),
@@ -253,6 +273,7 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
         if matches!(state, Wakeup::Armed) {
             tokio::select! {
                 _ = wake.changed() => {}
+                _ = paused.changed() => {}
                 _ = tokio::time::sleep(shared.poll_interval) => {
                     // Another relay may have disarmed the switch while busy.
                     if let Ok(conn) = shared.db.conn().await {
@@ -385,6 +406,7 @@ async fn deliver_row(
         }
     };
 
+    ep.breaker.note(attempt.delivered(), attempt.started_at);
     let ms = attempt.elapsed.as_millis().min(i32::MAX as u128) as i32;
     let endpoint_label = EndpointLabels {
         endpoint: ep.cfg.name.clone(),

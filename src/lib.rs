@@ -9,6 +9,7 @@
 //! - [`relay`]: wires the tasks below together and takes them down in order.
 //! - [`listener`]: the dedicated LISTEN connection; NOTIFYs become wake-ups.
 //! - [`dispatcher`]: one loop per endpoint: claim due rows under a lease, hand them to delivery tasks.
+//! - [`breaker`]: the circuit breaker: pause an endpoint that only fails, probe it, resume it.
 //! - [`deliver`]: one attempt: sign, rate-limit, POST, read a bounded excerpt of the answer.
 //! - [`sign`]: Standard Webhooks signing, pure.
 //! - [`ssrf`]: the optional guard against delivering to non-public addresses.
@@ -27,11 +28,13 @@
 //! - [`migrate`]: embedded migrations, schema version check, endpoint mirror.
 //! - [`status`]: `outbox-relay status`, per-endpoint queue state as a table or JSON.
 //! - [`replay`]: `outbox-relay replay`, requeueing rows through `webhook.replay`.
+//! - [`pause`]: `outbox-relay pause` / `resume`, an endpoint held or let go by hand.
 //! - [`demo`]: `outbox-relay demo`, the whole pipeline on a throwaway cluster with a scripted story.
 //! - [`receiver`]: a local receiver that verifies signatures (`outbox-relay receive`, the demo).
 //! - [`throwaway`]: a temporary Postgres cluster for the demo, benchmarks and tests.
 
 pub mod api;
+pub mod breaker;
 pub mod completer;
 pub mod config;
 pub mod db;
@@ -42,6 +45,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod migrate;
+pub mod pause;
 pub mod receiver;
 pub mod relay;
 pub mod replay;

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use outbox_relay::config::{self, Config, ConfigError, Secret};
 use outbox_relay::replay::Selection;
-use outbox_relay::{db, demo, migrate, receiver, relay, replay, sign, status};
+use outbox_relay::{db, demo, migrate, pause, receiver, relay, replay, sign, status};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +63,19 @@ enum Command {
     /// id, or every row of an endpoint (or all endpoints) in a status
     /// (dead by default) created in a time range.
     Replay(ReplayArgs),
+    /// Pause an endpoint by hand: its rows stay pending, no probes are sent,
+    /// every relay stops claiming for it until `resume`.
+    Pause {
+        /// The endpoint's name (webhook.endpoints.name).
+        #[arg(long, value_name = "NAME")]
+        endpoint: String,
+    },
+    /// Resume a paused endpoint (paused by hand or by the circuit breaker).
+    Resume {
+        /// The endpoint's name (webhook.endpoints.name).
+        #[arg(long, value_name = "NAME")]
+        endpoint: String,
+    },
     /// Zero set-up tour: a throwaway Postgres, the reference schema and
     /// triggers, a verifying receiver and the relay, driven by a short story
     /// of app writes; cleans up after itself (also on Ctrl-C).
@@ -238,6 +251,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Pause { ref endpoint } | Command::Resume { ref endpoint } => {
+            let action = match cli.command {
+                Command::Pause { .. } => pause::Action::Pause,
+                _ => pause::Action::Resume,
+            };
+            let url = database_url_only(&cli)?;
+            runtime.block_on(async {
+                let client = db::connect_simple(&url).await?;
+                migrate::check_schema_version(&client).await?;
+                let changed = pause::apply(&client, action, endpoint).await?;
+                println!("{}", pause::describe(action, endpoint, changed));
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::GenSecret => {
             println!("{}", sign::generate_secret().encode());
             Ok(ExitCode::SUCCESS)
@@ -281,7 +308,7 @@ fn database_url(cli: &Cli, cfg: Option<&Config>) -> Result<String> {
     }
 }
 
-/// For commands that only need the database (status, replay): flag, then
+/// For commands that only need the database (status, replay, pause, resume): flag, then
 /// DATABASE_URL, then `database_url` of the config file (`--config`, or
 /// relay.toml if it exists), which is not otherwise validated.
 fn database_url_only(cli: &Cli) -> Result<String> {

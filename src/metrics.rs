@@ -22,6 +22,20 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub endpoint: String,
+    /// `delivered` (the endpoint resumes) or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub endpoint: String,
+    /// `paused` or `resumed`.
+    pub change: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RowLabels {
     pub endpoint: String,
     pub status: &'static str,
@@ -38,6 +52,10 @@ pub struct Metrics {
     pub rescued: Counter,
     pub database_up: Gauge,
     pub listener_up: Gauge,
+    pub ready: Gauge,
+    pub endpoint_paused: Family<EndpointLabels, Gauge>,
+    pub probes: Family<ProbeLabels, Counter>,
+    pub breaker_changes: Family<ChangeLabels, Counter>,
     db_ok: AtomicBool,
     listener_ok: AtomicBool,
 }
@@ -102,8 +120,36 @@ impl Metrics {
             "1 while the LISTEN connection is established",
             listener_up.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the relay is ready (/readyz): its database and LISTEN connections work",
+            ready.clone(),
+        );
+        let endpoint_paused = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "endpoint_paused",
+            "1 while the endpoint is paused (by the circuit breaker or by hand), as this relay last read it",
+            endpoint_paused.clone(),
+        );
+        let probes = Family::<ProbeLabels, Counter>::default();
+        registry.register(
+            "probes",
+            "Probes this relay sent to paused endpoints, by outcome (delivered, failed)",
+            probes.clone(),
+        );
+        let breaker_changes = Family::<ChangeLabels, Counter>::default();
+        registry.register(
+            "endpoint_state_changes",
+            "Endpoints paused or resumed, as this relay saw them change",
+            breaker_changes.clone(),
+        );
         Metrics {
             registry,
+            ready,
+            endpoint_paused,
+            probes,
+            breaker_changes,
             attempts,
             attempt_seconds,
             rows,
@@ -135,11 +181,13 @@ impl Metrics {
             }
         }
         self.database_up.set(i64::from(ok));
+        self.ready.set(i64::from(self.ready()));
     }
 
     pub fn set_listener_ok(&self, ok: bool) {
         self.listener_ok.store(ok, Ordering::Relaxed);
         self.listener_up.set(i64::from(ok));
+        self.ready.set(i64::from(self.ready()));
     }
 
     /// Ready: the database answers and the listener is connected.

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::db::{self, Db};
 use crate::dispatcher::{self, Endpoint, Shared};
 use crate::metrics::Metrics;
-use crate::{completer, deliver, http, listener, migrate, rescuer, retention};
+use crate::{breaker, completer, deliver, http, listener, migrate, rescuer, retention};
 
 /// Capacity of the channel from delivery tasks to the completer.
 const OUTCOME_QUEUE: usize = 10_000;
@@ -166,6 +166,7 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     for ep_cfg in cfg.endpoints.iter().filter(|e| e.enabled) {
         let id = by_name[&ep_cfg.name];
         let ep = Arc::new(Endpoint::new(id, ep_cfg.clone()));
+        loops.push(tokio::spawn(breaker::run(shared.clone(), ep.clone())));
         loops.push(tokio::spawn(dispatcher::run_endpoint(
             shared.clone(),
             ep,

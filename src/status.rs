@@ -1,6 +1,8 @@
-//! `outbox-relay status`: per endpoint, rows by status, how long the oldest
-//! pending row has waited, the last five minutes' deliveries and failures and
-//! the latest error; a table for people, stable JSON (`--json`) for scripts.
+//! `outbox-relay status`: per endpoint, its state (running, paused by the
+//! circuit breaker or by hand, disabled), rows by status, how long the oldest
+//! pending row has waited, the last five minutes' deliveries, failures and
+//! probes, and the latest error; a table for people, stable JSON (`--json`)
+//! for scripts.
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -21,6 +23,17 @@ pub struct Report {
 pub struct EndpointStatus {
     pub name: String,
     pub enabled: bool,
+    /// `running`, `paused` or `disabled`.
+    pub state: String,
+    /// While paused: since when, and by whom (`auto`: the circuit breaker,
+    /// `hand`: `outbox-relay pause`).
+    pub paused_at: Option<String>,
+    pub paused_by: Option<String>,
+    /// The first failed attempt after the latest success; null while the
+    /// latest attempt succeeded.
+    pub failing_since: Option<String>,
+    /// The latest probe of a paused endpoint.
+    pub last_probe_at: Option<String>,
     pub rows: Rows,
     /// Age of the oldest pending row (since it was written); null if none.
     pub oldest_pending_seconds: Option<f64>,
@@ -42,6 +55,8 @@ pub struct Rows {
 pub struct Recent {
     pub delivered: i64,
     pub failed: i64,
+    /// Probes among them (a paused endpoint's).
+    pub probes: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,9 +82,15 @@ pub async fn collect(client: &Client) -> Result<Report> {
         .iter()
         .map(|r| {
             let error_at: Option<DateTime<Utc>> = r.get(9);
+            let at = |i: usize| r.get::<_, Option<DateTime<Utc>>>(i).map(stamp);
             EndpointStatus {
                 name: r.get(0),
                 enabled: r.get(1),
+                state: r.get(15),
+                paused_at: at(16),
+                paused_by: r.get(17),
+                failing_since: at(18),
+                last_probe_at: at(19),
                 rows: Rows {
                     pending: r.get(2),
                     in_flight: r.get(3),
@@ -80,9 +101,10 @@ pub async fn collect(client: &Client) -> Result<Report> {
                 last_5m: Recent {
                     delivered: r.get(7),
                     failed: r.get(8),
+                    probes: r.get(20),
                 },
                 latest_error: error_at.map(|at| LatestError {
-                    at: at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                    at: stamp(at),
                     age_seconds: (now - at).num_milliseconds().max(0) as f64 / 1000.0,
                     outbox_id: r.get(10),
                     event_id: r.get(11),
@@ -94,9 +116,13 @@ pub async fn collect(client: &Client) -> Result<Report> {
         })
         .collect();
     Ok(Report {
-        generated_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        generated_at: stamp(now),
         endpoints,
     })
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The report as a table, then one line per endpoint's latest error.
@@ -108,7 +134,7 @@ pub fn render_table(report: &Report) -> String {
     }
     let header = [
         "ENDPOINT",
-        "ENABLED",
+        "STATE",
         "PENDING",
         "IN FLIGHT",
         "DELIVERED",
@@ -121,7 +147,7 @@ pub fn render_table(report: &Report) -> String {
     for ep in &report.endpoints {
         lines.push(vec![
             ep.name.clone(),
-            if ep.enabled { "yes" } else { "no" }.into(),
+            ep.state.clone(),
             ep.rows.pending.to_string(),
             ep.rows.in_flight.to_string(),
             ep.rows.delivered.to_string(),
@@ -159,6 +185,21 @@ pub fn render_table(report: &Report) -> String {
         out.push('\n');
     }
     out.push('\n');
+    for ep in report.endpoints.iter().filter(|e| e.paused_at.is_some()) {
+        let by = match ep.paused_by.as_deref() {
+            Some("hand") => "by hand (no probes; `outbox-relay resume` lets it go)",
+            _ => "by the circuit breaker (probing; the first probe delivered resumes it)",
+        };
+        out.push_str(&format!(
+            "Paused: {} since {}, {by}",
+            ep.name,
+            ep.paused_at.as_deref().unwrap_or("?")
+        ));
+        if let Some(t) = &ep.last_probe_at {
+            out.push_str(&format!("; last probe {t}"));
+        }
+        out.push('\n');
+    }
     let errors: Vec<_> = report
         .endpoints
         .iter()
@@ -212,6 +253,11 @@ mod tests {
                 EndpointStatus {
                     name: "billing".into(),
                     enabled: false,
+                    state: "disabled".into(),
+                    paused_at: None,
+                    paused_by: None,
+                    failing_since: None,
+                    last_probe_at: None,
                     rows: Rows {
                         pending: 0,
                         in_flight: 0,
@@ -222,12 +268,18 @@ mod tests {
                     last_5m: Recent {
                         delivered: 0,
                         failed: 0,
+                        probes: 0,
                     },
                     latest_error: None,
                 },
                 EndpointStatus {
                     name: "crm".into(),
                     enabled: true,
+                    state: "paused".into(),
+                    paused_at: Some("2024-05-01T11:58:00.000Z".into()),
+                    paused_by: Some("auto".into()),
+                    failing_since: Some("2024-05-01T11:53:00.000Z".into()),
+                    last_probe_at: Some("2024-05-01T11:59:48.000Z".into()),
                     rows: Rows {
                         pending: 3,
                         in_flight: 1,
@@ -238,6 +290,7 @@ mod tests {
                     last_5m: Recent {
                         delivered: 30,
                         failed: 2,
+                        probes: 1,
                     },
                     latest_error: Some(LatestError {
                         at: "2024-05-01T11:59:48.000Z".into(),
@@ -259,19 +312,24 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "ENDPOINT  ENABLED  PENDING  IN FLIGHT  DELIVERED  DEAD  OLDEST PENDING  DELIVERED 5M  FAILED 5M"
+            "ENDPOINT  STATE     PENDING  IN FLIGHT  DELIVERED  DEAD  OLDEST PENDING  DELIVERED 5M  FAILED 5M"
         );
         assert_eq!(
             lines[1],
-            "billing   no             0          0         12     0  -                          0          0"
+            "billing   disabled        0          0         12     0  -                          0          0"
         );
         assert_eq!(
             lines[2],
-            "crm       yes            3          1       1200     2  4m 12s                    30          2"
+            "crm       paused          3          1       1200     2  4m 12s                    30          2"
         );
-        assert_eq!(lines[4], "Latest errors:");
         assert_eq!(
-            lines[5],
+            lines[4],
+            "Paused: crm since 2024-05-01T11:58:00.000Z, by the circuit breaker (probing; the first \
+             probe delivered resumes it); last probe 2024-05-01T11:59:48.000Z"
+        );
+        assert_eq!(lines[5], "Latest errors:");
+        assert_eq!(
+            lines[6],
             "  crm: 12s ago, row 77 (evt_1) attempt 3: HTTP 503 Service Unavailable"
         );
     }
@@ -285,6 +343,9 @@ mod tests {
         assert_eq!(crm["latest_error"]["response_status"], 503);
         assert!(json["endpoints"][0]["latest_error"].is_null());
         assert!(json["endpoints"][0]["oldest_pending_seconds"].is_null());
+        assert_eq!(crm["state"], "paused");
+        assert_eq!(crm["paused_by"], "auto");
+        assert_eq!(crm["last_5m"]["probes"], 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer};
 
-use super::{API_TOKEN_MIN_CHARS, KEEP_FOREVER, SECRET_PREFIX};
+use super::{API_TOKEN_MIN_CHARS, BREAKER_OFF, KEEP_FOREVER, SECRET_PREFIX};
 
 /// An API token has at most this many characters.
 const API_TOKEN_MAX_CHARS: usize = 256;
@@ -106,6 +106,24 @@ impl<'de> Deserialize<'de> for Keep {
             Ok(age) if !age.is_zero() => Ok(Keep(Some(age))),
             _ => Err(serde::de::Error::custom(format!(
                 "invalid age {text:?}: write a duration above 0 such as \"7d\" or \"12h\", or \"{KEEP_FOREVER}\""
+            ))),
+        }
+    }
+}
+
+/// A circuit breaker threshold: a duration above zero, or `"off"`.
+pub(super) struct PauseAfter(pub(super) Option<Duration>);
+
+impl<'de> Deserialize<'de> for PauseAfter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == BREAKER_OFF {
+            return Ok(PauseAfter(None));
+        }
+        match humantime::parse_duration(text.trim()) {
+            Ok(after) if !after.is_zero() => Ok(PauseAfter(Some(after))),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid pause_after {text:?}: write a duration above 0 such as \"5m\", or \"{BREAKER_OFF}\""
             ))),
         }
     }

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod breaker;
 mod cli;
 mod delivery;
 mod demo;

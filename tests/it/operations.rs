@@ -2,7 +2,7 @@
 //! `outbox-relay status` and `replay` as real processes, retention, claiming
 //! over a large delivered history, the schema check of `run`, JSON logs.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outbox_relay::config::RetentionConfig;
@@ -13,41 +13,9 @@ use tokio_postgres::Client;
 
 use crate::delivery::{config, config_text, count_status, start, SECRET};
 use crate::receiver::{Receiver, Reply};
-use crate::support::{wait_for, TestDb};
+use crate::support::{cli, stderr, stdout, wait_for, TestDb, BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Runs the binary to completion in a scratch directory (no relay.toml
-/// there), without DATABASE_URL unless `env` sets it.
-async fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().unwrap();
-        Command::new(BIN)
-            .current_dir(dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG")
-            .envs(env)
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Endpoints `a` and `b` (both take add_credits; `b` also other_event) and
 /// `n` events, each routed to both: rows 1..2n alternate a, b.

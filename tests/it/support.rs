@@ -2,6 +2,7 @@
 //! the server at TEST_DATABASE_URL), a migrated template database with the
 //! reference schema and triggers, and a fresh database per test cloned from it.
 
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -203,4 +204,38 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The relay's binary, as cargo built it for the tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
+
+/// Runs the binary to completion in a scratch directory (no relay.toml
+/// there), without DATABASE_URL unless `env` sets it.
+pub async fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .envs(env)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
