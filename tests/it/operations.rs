@@ -361,8 +361,9 @@ async fn status_prints_a_table_and_stable_json() {
     assert!(a["oldest_pending_seconds"].as_f64().unwrap() >= 599.0);
     assert_eq!(
         a["last_5m"],
-        serde_json::json!({"delivered": 0, "failed": 1})
+        serde_json::json!({"delivered": 0, "failed": 1, "probes": 0})
     );
+    assert_eq!(a["state"], "running");
     assert_eq!(a["latest_error"]["outbox_id"], 1);
     assert_eq!(a["latest_error"]["response_status"], 503);
     assert_eq!(a["latest_error"]["error"], "HTTP 503 Service Unavailable");
@@ -371,10 +372,11 @@ async fn status_prints_a_table_and_stable_json() {
     assert_eq!(b["rows"]["delivered"], 2);
     assert_eq!(
         b["last_5m"],
-        serde_json::json!({"delivered": 1, "failed": 0}),
+        serde_json::json!({"delivered": 1, "failed": 0, "probes": 0}),
         "the attempt ten minutes ago is outside the window"
     );
     assert!(b["latest_error"].is_null() && b["oldest_pending_seconds"].is_null());
+    assert_eq!(b["state"], "disabled");
 
     // The table, with the URL taken from a config file's database_url whose
     // secret variables are not set (status needs nothing else).
@@ -393,7 +395,10 @@ async fn status_prints_a_table_and_stable_json() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("ENDPOINT  ENABLED  PENDING"), "{text}");
+    assert!(
+        lines[0].starts_with("ENDPOINT  STATE     PENDING"),
+        "{text}"
+    );
     let cells = |line: &str| {
         line.split_whitespace()
             .map(str::to_string)
@@ -401,12 +406,12 @@ async fn status_prints_a_table_and_stable_json() {
     };
     assert_eq!(
         cells(lines[1])[..6],
-        ["a", "yes", "1", "0", "0", "1"],
+        ["a", "running", "1", "0", "0", "1"],
         "{text}"
     );
     assert_eq!(
         cells(lines[2])[..6],
-        ["b", "no", "0", "0", "2", "0"],
+        ["b", "disabled", "0", "0", "2", "0"],
         "{text}"
     );
     assert!(
