@@ -248,6 +248,7 @@ impl Bench {
         let cluster = Cluster::start(ClusterOptions {
             settings,
             unsafe_fast: false,
+            ..ClusterOptions::default()
         })?;
         let pid = std::fs::read_to_string(cluster.data_dir().join("data/postmaster.pid"))?
             .lines()

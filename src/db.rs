@@ -1,16 +1,70 @@
-//! Database connections: connect with a redacted error, and the connection
+//! Database connections: connect (TLS as the URL's `sslmode` says, see
+//! [`crate::pgtls`]) with a redacted one-line error, and the connection
 //! driver task that tokio-postgres needs.
 
-use anyhow::{Context, Result};
-use tokio_postgres::{Client, NoTls};
+use anyhow::{anyhow, Context, Result};
+use tokio_postgres::{Client, Socket};
+
+use crate::pgtls::{self, connector::MakeRustls, SslMode};
+
+/// A connection as tokio-postgres hands it over, before its driver runs.
+pub type Connection = tokio_postgres::Connection<Socket, pgtls::connector::RustlsStream>;
+
+/// Checks the URL's TLS parameters (and those of `PGSSLMODE`, ...) without
+/// connecting; the error is one line naming the parameter.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    pgtls::split(url, &|name| std::env::var(name).ok(), home, &|p| {
+        p.is_file()
+    })
+    .map(|_| ())
+    .map_err(|e| format!("database URL: {e}"))
+}
+
+/// Connects, in TLS or not as the URL (or `PGSSLMODE`...) says. The error is
+/// one line: the URL without its password, then the cause.
+pub async fn open(url: &str) -> Result<(Client, Connection)> {
+    let shown = redact_database_url(url);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let (rest, params) = pgtls::split(url, &|name| std::env::var(name).ok(), home, &|p| {
+        p.is_file()
+    })
+    .map_err(|e| anyhow!(e))
+    .with_context(|| format!("connecting to {shown}"))?;
+    let mut config: tokio_postgres::Config = rest
+        .parse()
+        .map_err(|e: tokio_postgres::Error| anyhow!(e.to_string()))
+        .with_context(|| format!("connecting to {shown}: the connection string"))?;
+    use tokio_postgres::config::{Host, SslMode as PgMode};
+    config.ssl_mode(match params.mode {
+        SslMode::Disable => PgMode::Disable,
+        SslMode::Prefer => PgMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgMode::Require,
+    });
+    // As libpq: no TLS over Unix-domain sockets, whatever sslmode says.
+    #[cfg(unix)]
+    if config
+        .get_hosts()
+        .iter()
+        .all(|h| matches!(h, Host::Unix(_)))
+    {
+        config.ssl_mode(PgMode::Disable);
+    }
+    let tls = MakeRustls::new(&params)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("connecting to {shown}"))?;
+    config
+        .connect(tls)
+        .await
+        .map_err(|e| anyhow!(pgtls::connector::describe(&e, &params)))
+        .with_context(|| format!("connecting to {shown}"))
+}
 
 /// Connects and spawns the connection's driver task. The returned handle
 /// finishes when the connection closes, which is how long-lived users (the
 /// listener) notice a lost database.
 pub async fn connect(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>)> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to {}", redact_database_url(url)))?;
+    let (client, connection) = open(url).await?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");

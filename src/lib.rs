@@ -25,6 +25,7 @@
 //!
 //! - [`config`]: the TOML config file, its defaults and validation.
 //! - [`db`]: connecting to Postgres; the relay's reconnecting connections.
+//! - [`pgtls`]: libpq's `sslmode` and certificate parameters, and the rustls connector they drive.
 //! - [`migrate`]: embedded migrations, schema version check, endpoint mirror.
 //! - [`status`]: `outbox-relay status`, per-endpoint queue state as a table or JSON.
 //! - [`replay`]: `outbox-relay replay`, requeueing rows through `webhook.replay`.
@@ -46,6 +47,7 @@ pub mod listener;
 pub mod metrics;
 pub mod migrate;
 pub mod pause;
+pub mod pgtls;
 pub mod receiver;
 pub mod relay;
 pub mod replay;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -55,9 +55,7 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to {}", crate::db::redact_database_url(url)))?;
+    let (client, mut connection) = crate::db::open(url).await?;
     // The connection must be polled for the client's queries to run and for
     // notifications to arrive; a forwarding task does both.
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();

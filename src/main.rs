@@ -300,12 +300,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn database_url(cli: &Cli, cfg: Option<&Config>) -> Result<String> {
     let env = std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty());
     let flag = cli.database_url.as_deref();
-    match cfg {
-        Some(cfg) => Ok(cfg.resolve_database_url(flag, env.as_deref())?),
+    let url = match cfg {
+        Some(cfg) => cfg.resolve_database_url(flag, env.as_deref())?,
         None => flag.map(str::to_owned).or(env).ok_or_else(|| {
-            ConfigError("no database: pass --database-url or set DATABASE_URL".into()).into()
-        }),
-    }
+            ConfigError("no database: pass --database-url or set DATABASE_URL".into())
+        })?,
+    };
+    checked(url)
+}
+
+/// A URL whose TLS parameters (sslmode, ...) make sense, or a usage error
+/// (exit 2): retrying could never mend it.
+fn checked(url: String) -> Result<String> {
+    db::check_url(&url).map_err(ConfigError)?;
+    Ok(url)
 }
 
 /// For commands that only need the database (status, replay, pause, resume): flag, then
@@ -314,7 +322,7 @@ fn database_url(cli: &Cli, cfg: Option<&Config>) -> Result<String> {
 fn database_url_only(cli: &Cli) -> Result<String> {
     let env = std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty());
     if let Some(url) = cli.database_url.clone().or(env) {
-        return Ok(url);
+        return checked(url);
     }
     let path = match &cli.config {
         Some(path) => Some(path.clone()),
@@ -324,13 +332,13 @@ fn database_url_only(cli: &Cli) -> Result<String> {
         Some(path) => config::database_url_from_file(path)?,
         None => None,
     };
-    from_file.ok_or_else(|| {
+    let url = from_file.ok_or_else(|| {
         ConfigError(
             "no database: pass --database-url, set DATABASE_URL, or give a config file with database_url"
                 .into(),
         )
-        .into()
-    })
+    })?;
+    checked(url)
 }
 
 /// The rows a replay selects, in words.

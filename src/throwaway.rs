@@ -28,6 +28,19 @@ pub struct ClusterOptions {
     /// Turn off fsync and friends: fine for tests and the demo, never for
     /// figures that claim to describe production.
     pub unsafe_fast: bool,
+    /// `ssl = on` with these PEM files (for the TLS tests).
+    pub tls: Option<ServerTls>,
+    /// The whole pg_hba.conf, instead of initdb's (trust for everyone).
+    pub hba_conf: Option<String>,
+}
+
+/// The server's side of TLS, as PEM text.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: String,
+    pub key: String,
+    /// Roots that client certificates are checked against (`ssl_ca_file`).
+    pub client_ca: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -35,6 +48,8 @@ impl Default for ClusterOptions {
         ClusterOptions {
             settings: Vec::new(),
             unsafe_fast: true,
+            tls: None,
+            hba_conf: None,
         }
     }
 }
@@ -125,6 +140,9 @@ impl Cluster {
         for (name, value) in &self.options.settings {
             cmd.arg("-c").arg(format!("{name}={value}"));
         }
+        for (name, value) in self.write_server_files()? {
+            cmd.arg("-c").arg(format!("{name}={}", value.display()));
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().context("cloning the log handle")?)
             .stderr(log)
@@ -137,6 +155,36 @@ impl Cluster {
             .with_context(|| format!("starting {}", self.bindir.join("postgres").display()))?;
         self.server = Some(child);
         self.wait_ready()
+    }
+
+    /// Writes the TLS files and pg_hba.conf of the options, owned by the
+    /// server account with mode 0600 (Postgres refuses a key others can read);
+    /// returns the settings that point at them.
+    fn write_server_files(&self) -> Result<Vec<(&'static str, PathBuf)>> {
+        let mut files: Vec<(&'static str, &'static str, &str)> = Vec::new();
+        if let Some(tls) = &self.options.tls {
+            files.push(("ssl_cert_file", "server.crt", &tls.cert));
+            files.push(("ssl_key_file", "server.key", &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                files.push(("ssl_ca_file", "client-ca.crt", ca));
+            }
+        }
+        if let Some(hba) = &self.options.hba_conf {
+            files.push(("hba_file", "pg_hba.conf", hba));
+        }
+        let mut settings = Vec::new();
+        for (setting, name, text) in files {
+            let path = self.dir.join(name);
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+            self.chown(&path)?;
+            settings.push((setting, path));
+        }
+        if self.options.tls.is_some() {
+            settings.push(("ssl", PathBuf::from("on")));
+        }
+        Ok(settings)
     }
 
     fn wait_ready(&mut self) -> Result<()> {

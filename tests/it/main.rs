@@ -10,6 +10,7 @@ mod delivery;
 mod demo;
 mod fuzz;
 mod operations;
+mod pgtls;
 mod process;
 mod receiver;
 mod reliability;
