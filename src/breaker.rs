@@ -283,7 +283,7 @@ async fn send_probe(
 ) {
     let _permit = permit;
     let attempt = tokio::select! {
-        a = deliver::attempt(&shared.http, &ep.cfg, &ep.headers, shared.ssrf.as_deref(), &probe.event_id, probe.payload.clone()) => Some(a),
+        a = deliver::attempt(shared.http.route(&ep.cfg.name), &ep.cfg, &ep.headers, shared.ssrf.as_deref(), &probe.event_id, probe.payload.clone()) => Some(a),
         _ = shared.abort_deliveries.cancelled() => None,
     };
     let delivered = attempt.as_ref().is_some_and(|a| a.delivered());

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod files;
+mod http;
 mod values;
+pub use http::{HttpSettings, PemFile, Proxy};
 pub use values::{ApiToken, Secret};
 use values::{Dur, EventCodeName, HttpUrl, Keep, PauseAfter, SecretText, TokenText};
 
@@ -98,6 +100,9 @@ pub struct Config {
     pub ssrf_guard: Option<crate::ssrf::Guard>,
     /// Bearer token that may read every endpoint's events (status API).
     pub api_admin_token: Option<ApiToken>,
+    /// `[http]`: trust roots, client certificate and proxy of every endpoint
+    /// that does not set its own.
+    pub http: HttpSettings,
     pub endpoints: Vec<EndpointConfig>,
 }
 
@@ -148,6 +153,9 @@ pub struct EndpointConfig {
     pub pause_after: Option<Duration>,
     /// While paused (by the breaker), one probe this often.
     pub probe_interval: Duration,
+    /// Its own `ca_file`, `client_cert`/`client_key` or `proxy`, merged over
+    /// `[http]`; None when it sets none of them.
+    pub http: Option<HttpSettings>,
 }
 
 impl EndpointConfig {
@@ -185,6 +193,7 @@ struct RawConfig {
     shutdown_timeout: Option<Dur>,
     retention: Option<RawRetention>,
     ssrf_guard: Option<RawSsrfGuard>,
+    http: Option<http::RawHttp>,
     api_admin_token: Option<Spanned<TokenText>>,
     api_admin_token_env: Option<Spanned<String>>,
     api_admin_token_file: Option<Spanned<String>>,
@@ -221,6 +230,10 @@ struct RawEndpoint {
     api_token_file: Option<Spanned<String>>,
     pause_after: Option<PauseAfter>,
     probe_interval: Option<Spanned<Dur>>,
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
+    proxy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -316,6 +329,7 @@ impl Config {
             &err,
         )?;
         tokens.extend(admin_token.clone());
+        let relay_http = http::relay_wide(raw.http, base, &err)?;
         for ep in raw.endpoint {
             let name_at = ep.name.span().start;
             let name = ep.name.into_inner();
@@ -537,6 +551,18 @@ impl Config {
                 &err,
             )?;
             tokens.extend(api_token.clone());
+            let ep_http = http::for_endpoint(
+                &http::RawEndpointHttp {
+                    ca_file: ep.ca_file,
+                    client_cert: ep.client_cert,
+                    client_key: ep.client_key,
+                    proxy: ep.proxy,
+                },
+                &relay_http,
+                &name,
+                base,
+                &err,
+            )?;
 
             let pause_after = ep.pause_after.map_or(Some(DEFAULT_PAUSE_AFTER), |p| p.0);
             let probe_interval = match &ep.probe_interval {
@@ -568,6 +594,7 @@ impl Config {
                 api_token: api_token.map(|(t, _)| t),
                 pause_after,
                 probe_interval,
+                http: ep_http,
             });
         }
 
@@ -689,6 +716,7 @@ impl Config {
             retention,
             ssrf_guard,
             api_admin_token: admin_token.map(|(t, _)| t),
+            http: relay_http,
             endpoints,
         })
     }

@@ -36,28 +36,6 @@ impl Attempt {
     }
 }
 
-/// The one HTTP client all endpoints share (keep-alive pools per host).
-pub fn http_client(
-    max_connections_per_host: usize,
-    guard: Option<std::sync::Arc<crate::ssrf::Guard>>,
-) -> anyhow::Result<reqwest::Client> {
-    use anyhow::Context as _;
-    let mut builder = reqwest::Client::builder();
-    if let Some(guard) = guard {
-        // Hostnames resolve through the guard: only allowed addresses reach
-        // the connector, so the check is on the address actually used.
-        builder = builder.dns_resolver(std::sync::Arc::new(crate::ssrf::GuardedResolver { guard }));
-    }
-    builder
-        .user_agent(USER_AGENT)
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(max_connections_per_host)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .build()
-        .context("building the HTTP client")
-}
-
 /// Static headers of an endpoint, built once (values were validated with the config).
 pub fn static_headers(ep: &EndpointConfig) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -75,7 +53,7 @@ pub fn static_headers(ep: &EndpointConfig) -> HeaderMap {
 
 /// Makes one attempt to deliver `body` as event `event_id`.
 pub async fn attempt(
-    http: &reqwest::Client,
+    route: &crate::egress::Route,
     ep: &EndpointConfig,
     headers: &HeaderMap,
     guard: Option<&crate::ssrf::Guard>,
@@ -84,14 +62,21 @@ pub async fn attempt(
 ) -> Attempt {
     let started_at = SystemTime::now();
     let start = Instant::now();
-    // IP literals never reach the resolver, so the guard checks them here.
+    // IP literals never reach the resolver, so the guard checks them here;
+    // and a name a proxy will resolve is checked here too.
     if let Some(guard) = guard {
-        let literal = match ep.url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
+        let refused = match ep.url.host() {
+            Some(url::Host::Ipv4(ip)) => guard.check(ip.into()).err(),
+            Some(url::Host::Ipv6(ip)) => guard.check(ip.into()).err(),
+            Some(url::Host::Domain(name)) if route.proxied => {
+                match tokio::time::timeout(ep.timeout, crate::ssrf::check_name(guard, name)).await {
+                    Ok(result) => result.err(),
+                    Err(_) => Some(format!("{name}: resolving timed out")),
+                }
+            }
+            None | Some(url::Host::Domain(_)) => None,
         };
-        if let Some(Err(why)) = literal.map(|ip| guard.check(ip)) {
+        if let Some(why) = refused {
             return Attempt {
                 started_at,
                 elapsed: start.elapsed(),
@@ -106,7 +91,8 @@ pub async fn attempt(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let signature = sign::signature_header(&ep.secrets, event_id, timestamp, body.as_bytes());
-    let request = http
+    let request = route
+        .http
         .post(ep.url.clone())
         .headers(headers.clone())
         .header("webhook-id", event_id)

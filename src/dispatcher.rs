@@ -81,7 +81,7 @@ impl Endpoint {
 /// What every endpoint loop and delivery task shares.
 pub struct Shared {
     pub db: Arc<Db>,
-    pub http: reqwest::Client,
+    pub http: crate::egress::Clients,
     /// The SSRF guard, when on.
     pub ssrf: Option<Arc<crate::ssrf::Guard>>,
     pub done: mpsc::Sender<Done>,
@@ -398,7 +398,7 @@ async fn deliver_row(
     }
 
     let attempt = tokio::select! {
-        a = deliver::attempt(&shared.http, &ep.cfg, &ep.headers, shared.ssrf.as_deref(), &row.event_id, row.payload) => a,
+        a = deliver::attempt(shared.http.route(&ep.cfg.name), &ep.cfg, &ep.headers, shared.ssrf.as_deref(), &row.event_id, row.payload) => a,
         _ = shared.abort_deliveries.cancelled() => {
             tracing::info!("shutdown deadline passed mid-request; the row goes back to pending");
             send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease, version: row.version }).await;

@@ -11,6 +11,7 @@
 //! - [`dispatcher`]: one loop per endpoint: claim due rows under a lease, hand them to delivery tasks.
 //! - [`breaker`]: the circuit breaker: pause an endpoint that only fails, probe it, resume it.
 //! - [`deliver`]: one attempt: sign, rate-limit, POST, read a bounded excerpt of the answer.
+//! - [`egress`]: the HTTP clients: trust roots, client certificates, proxies.
 //! - [`sign`]: Standard Webhooks signing, pure.
 //! - [`ssrf`]: the optional guard against delivering to non-public addresses.
 //! - [`retry`]: when to try again, or give up, pure.
@@ -42,6 +43,7 @@ pub mod db;
 pub mod deliver;
 pub mod demo;
 pub mod dispatcher;
+pub mod egress;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::db::{self, Db};
 use crate::dispatcher::{self, Endpoint, Shared};
 use crate::metrics::Metrics;
-use crate::{breaker, completer, deliver, http, listener, migrate, rescuer, retention};
+use crate::{breaker, completer, egress, http, listener, migrate, rescuer, retention};
 
 /// Capacity of the channel from delivery tasks to the completer.
 const OUTCOME_QUEUE: usize = 10_000;
@@ -111,7 +111,9 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let abandon_writes = CancellationToken::new();
     let shared = Arc::new(Shared {
         db: claims_db,
-        http: deliver::http_client(total_slots.max(1) as usize, ssrf.clone())?,
+        http: egress::Clients::build(&cfg, total_slots.max(1) as usize, ssrf.clone(), &|name| {
+            std::env::var(name).ok()
+        })?,
         ssrf,
         done: done_tx,
         metrics: metrics.clone(),

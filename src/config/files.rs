@@ -54,3 +54,8 @@ pub(super) fn read_secret_text(path: &Path) -> Result<String, String> {
     }
     Ok(text.to_string())
 }
+
+/// Whole file contents (certificates, keys), with the same messages.
+pub(super) fn read_bytes(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}

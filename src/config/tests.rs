@@ -474,3 +474,57 @@ fn secrets_and_the_database_url_are_read_from_files() {
         Some("postgres://relay:pw@db/app")
     );
 }
+
+#[test]
+fn http_trust_certificates_and_proxies_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse_here = |text: &str| Config::parse_in(text, "relay.toml", &no_env, dir.path());
+    let msg = parse_here(&endpoint("ca_file = \"missing.pem\""))
+        .unwrap_err()
+        .0;
+    assert!(
+        msg.contains("line 6 (ca_file)") && msg.contains("missing.pem"),
+        "{msg}"
+    );
+    std::fs::write(dir.path().join("not.pem"), "hello").unwrap();
+    let msg = parse_here(&endpoint("ca_file = \"not.pem\""))
+        .unwrap_err()
+        .0;
+    assert!(msg.contains("holds no PEM certificate"), "{msg}");
+    let msg = parse_here(&endpoint("client_cert = \"not.pem\""))
+        .unwrap_err()
+        .0;
+    assert!(msg.contains("client_cert needs client_key"), "{msg}");
+    let msg = parse_here(&endpoint(
+        "client_cert = \"not.pem\"\nclient_key = \"not.pem\"",
+    ))
+    .unwrap_err()
+    .0;
+    assert!(
+        msg.contains("not a PEM certificate and its private key"),
+        "{msg}"
+    );
+    let msg = error_of(&endpoint("proxy = \"socks5://p:1080\""));
+    assert!(
+        msg.contains("line 6 (proxy)") && msg.contains("http:// or https://"),
+        "{msg}"
+    );
+    let msg = error_of(&format!("[http]\nno_proxy = [\"x\"]\n{}", endpoint("")));
+    assert!(
+        msg.contains("only means something with http.proxy"),
+        "{msg}"
+    );
+
+    let cfg = parse(&format!(
+        "[http]\nproxy = \"http://u:pw@proxy:3128\"\nno_proxy = [\".internal\"]\n{}{}",
+        endpoint(""),
+        endpoint("proxy = \"none\"").replace("\"crm\"", "\"direct\"")
+    ))
+    .unwrap();
+    assert!(matches!(&cfg.http.proxy, Proxy::Url { no_proxy, .. } if no_proxy == &[".internal"]));
+    assert!(
+        cfg.endpoints[0].http.is_none(),
+        "no own keys: the shared client"
+    );
+    assert_eq!(cfg.endpoints[1].http.as_ref().unwrap().proxy, Proxy::Direct);
+}

@@ -8,6 +8,7 @@ mod breaker;
 mod cli;
 mod delivery;
 mod demo;
+mod egress;
 mod fuzz;
 mod operations;
 mod pgtls;

@@ -3,6 +3,7 @@
 //! its own HMAC code (independent of the relay's src/sign.rs).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,38 @@ impl Receiver {
         listener: tokio::net::TcpListener,
         behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        Receiver::serve(listener, url, behaviour)
+    }
+
+    /// An HTTPS receiver on 127.0.0.1 with this TLS set-up (which may demand
+    /// a client certificate). Its URL names `host` (`127.0.0.1` or
+    /// `localhost`). Failed handshakes are counted in `refused`.
+    pub async fn https(
+        tls: Arc<rustls::ServerConfig>,
+        host: &str,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> (Receiver, Arc<AtomicUsize>) {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{host}:{}/hook", tcp.local_addr().unwrap().port());
+        let refused = Arc::new(AtomicUsize::new(0));
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(tls),
+            refused: refused.clone(),
+        };
+        (Receiver::serve(listener, url, behaviour), refused)
+    }
+
+    fn serve<L>(
+        listener: L,
+        url: String,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> Receiver
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let inner = Arc::new(Inner {
             requests: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
@@ -82,7 +115,6 @@ impl Receiver {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(inner.clone());
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -182,4 +214,35 @@ pub fn signature_is_valid(secret: &str, r: &Received) -> bool {
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     );
     r.signature.split(' ').any(|s| s == expected)
+}
+
+/// TLS on top of a TCP listener, for axum: a failed handshake is counted and
+/// the next connection accepted.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    refused: Arc<AtomicUsize>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            match self.acceptor.accept(tcp).await {
+                Ok(tls) => return (tls, addr),
+                Err(_) => {
+                    self.refused.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
