@@ -367,8 +367,8 @@ async fn finish(
             .await;
         shared.db.report(&r);
         if r?.get::<_, bool>(0) {
-            tracing::info!(endpoint = %ep.cfg.name, "probe delivered: resuming the endpoint");
-            // The next report logs the change and wakes the endpoint's loop.
+            // The next report logs the change (once) and wakes the loop.
+            tracing::debug!(endpoint = %ep.cfg.name, "probe delivered: resuming the endpoint");
         }
     }
     Ok(())
