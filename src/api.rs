@@ -75,6 +75,21 @@ impl Tokens {
         mac.finalize().into_bytes().to_vec()
     }
 
+    /// Whether an admin token is configured.
+    pub fn has_admin(&self) -> bool {
+        self.entries.iter().any(|(_, s)| *s == Scope::Admin)
+    }
+
+    /// The status page's session cookie value: the admin token's tag, in
+    /// hex. It proves the token was presented to this process (the key is
+    /// made up at start) without being the token.
+    pub fn admin_session(&self) -> Option<String> {
+        self.entries
+            .iter()
+            .find(|(_, s)| *s == Scope::Admin)
+            .map(|(tag, _)| tag.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// The scope of a presented token, if it is one of ours.
     pub fn check(&self, presented: &[u8]) -> Option<Scope> {
         self.entries.iter().find_map(|(tag, scope)| {
@@ -87,8 +102,8 @@ impl Tokens {
 
 /// The API's state: its own database connection and the tokens.
 pub struct Api {
-    db: Db,
-    tokens: Tokens,
+    pub(crate) db: Db,
+    pub(crate) tokens: Tokens,
 }
 
 impl Api {

@@ -289,13 +289,7 @@ async fn send_probe(
     let delivered = attempt.as_ref().is_some_and(|a| a.delivered());
     if let Some(a) = &attempt {
         ep.breaker.note(delivered, a.started_at);
-        shared
-            .metrics
-            .attempt_seconds
-            .get_or_create(&EndpointLabels {
-                endpoint: ep.cfg.name.clone(),
-            })
-            .observe(a.elapsed.as_secs_f64());
+        shared.metrics.observe_attempt(&ep.cfg.name, a);
         shared
             .metrics
             .probes

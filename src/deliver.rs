@@ -34,6 +34,31 @@ impl Attempt {
     pub fn delivered(&self) -> bool {
         self.error.is_none()
     }
+
+    /// The kind of result, for metrics: the status class (`2xx` .. `5xx`),
+    /// or without a response `timeout`, `connection` (refused, DNS, TLS,
+    /// the SSRF guard) or `other`.
+    pub fn class(&self) -> &'static str {
+        match self.status {
+            Some(s) => match s / 100 {
+                1 => "1xx",
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                _ => "5xx",
+            },
+            None => {
+                let error = self.error.as_deref().unwrap_or("");
+                if error.starts_with("timed out") {
+                    "timeout"
+                } else if error.starts_with("connection failed") {
+                    "connection"
+                } else {
+                    "other"
+                }
+            }
+        }
+    }
 }
 
 /// Static headers of an endpoint, built once (values were validated with the config).

@@ -20,7 +20,7 @@ use crate::completer::{Completion, Done};
 use crate::config::EndpointConfig;
 use crate::db::Db;
 use crate::deliver;
-use crate::metrics::{EndpointLabels, Metrics, OutcomeLabels};
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::retry::{self, NextStep, RetryPolicy};
 
 /// Pause after a claim that found fewer rows than it had slots for: the loop
@@ -408,14 +408,7 @@ async fn deliver_row(
 
     ep.breaker.note(attempt.delivered(), attempt.started_at);
     let ms = attempt.elapsed.as_millis().min(i32::MAX as u128) as i32;
-    let endpoint_label = EndpointLabels {
-        endpoint: ep.cfg.name.clone(),
-    };
-    shared
-        .metrics
-        .attempt_seconds
-        .get_or_create(&endpoint_label)
-        .observe(attempt.elapsed.as_secs_f64());
+    shared.metrics.observe_attempt(&ep.cfg.name, &attempt);
 
     let (status, next_attempt_at, error, outcome) = if attempt.delivered() {
         tracing::debug!(status = attempt.status, ms, "delivered");

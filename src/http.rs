@@ -1,5 +1,6 @@
 //! The relay's own HTTP server on `listen`: `/healthz`, `/readyz`, `/metrics`,
-//! and the token-protected event status API of [`crate::api`].
+//! the status page of [`crate::page`] at `/`, and the token-protected event
+//! status API of [`crate::api`].
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api};
 use crate::metrics::Metrics;
+use crate::page;
 
 pub fn router(metrics: Arc<Metrics>, api: Arc<Api>) -> Router {
     Router::new()
@@ -19,6 +21,7 @@ pub fn router(metrics: Arc<Metrics>, api: Arc<Api>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(metrics)
+        .merge(page::routes(api.clone()))
         .merge(api::routes(api))
         .fallback(|| async {
             (

@@ -19,6 +19,7 @@
 //! - [`rescuer`]: expired leases back to pending; the row counts behind `/metrics`.
 //! - [`retention`]: removes old delivered rows and attempts in bounded batches.
 //! - [`http`]: the server on `listen`: health, readiness, metrics and the status API.
+//! - [`page`]: the status page at `/`: per endpoint state, traffic, backlog, latest failures.
 //! - [`api`]: the token-protected, read-only event status API.
 //! - [`metrics`]: Prometheus metrics and the readiness flags.
 //!
@@ -48,6 +49,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod migrate;
+pub mod page;
 pub mod pause;
 pub mod pgtls;
 pub mod receiver;

@@ -22,6 +22,13 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub endpoint: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`, `timeout`, `connection` or `other`.
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
     pub endpoint: String,
     /// `delivered` (the endpoint resumes) or `failed`.
@@ -46,6 +53,7 @@ pub struct Metrics {
     registry: Registry,
     pub attempts: Family<OutcomeLabels, Counter>,
     pub attempt_seconds: Family<EndpointLabels, Histogram>,
+    pub results: Family<ClassLabels, Counter>,
     pub rows: Family<RowLabels, Gauge>,
     pub oldest_pending_seconds: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
     pub released: Counter,
@@ -83,6 +91,12 @@ impl Metrics {
             "attempt_duration_seconds",
             "Time from sending a request to its outcome",
             attempt_seconds.clone(),
+        );
+        let results = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "attempt_results",
+            "Attempts (probes included) by endpoint and result class: 2xx..5xx, timeout, connection, other",
+            results.clone(),
         );
         let rows = Family::<RowLabels, Gauge>::default();
         registry.register(
@@ -152,6 +166,7 @@ impl Metrics {
             breaker_changes,
             attempts,
             attempt_seconds,
+            results,
             rows,
             oldest_pending_seconds,
             released,
@@ -188,6 +203,20 @@ impl Metrics {
         self.listener_ok.store(ok, Ordering::Relaxed);
         self.listener_up.set(i64::from(ok));
         self.ready.set(i64::from(self.ready()));
+    }
+
+    /// Counts one attempt's result and its duration.
+    pub fn observe_attempt(&self, endpoint: &str, attempt: &crate::deliver::Attempt) {
+        let endpoint = endpoint.to_string();
+        self.results
+            .get_or_create(&ClassLabels {
+                endpoint: endpoint.clone(),
+                class: attempt.class(),
+            })
+            .inc();
+        self.attempt_seconds
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(attempt.elapsed.as_secs_f64());
     }
 
     /// Ready: the database answers and the listener is connected.

@@ -347,4 +347,71 @@ impl Pki {
             .unwrap();
         std::sync::Arc::new(config)
     }
+
+/// Where `.ci/run` installs Debian's chromium.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs headless Chromium on `url` with `args` (e.g. `--dump-dom`), killed
+/// after `timeout`; fails the test plainly if Chromium is not installed.
+pub async fn chromium(url: &str, args: &[String], timeout: Duration) -> Output {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the status page is tested in a real browser; \
+         install it with `apt-get install chromium` (bash .ci/test does)"
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(CHROMIUM);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(args)
+    .arg(url)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let _profile = profile;
+        let mut child = cmd.spawn().expect("starting chromium");
+        // Read the pipes on their own threads, so a chatty browser cannot
+        // block on a full pipe while it is being waited for.
+        let mut out_pipe = child.stdout.take().unwrap();
+        let mut err_pipe = child.stderr.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut out_pipe, &mut buf).map(|_| buf)
+        });
+        let err = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut err_pipe, &mut buf).map(|_| buf)
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                // Only this child, by its PID.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("chromium did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Output {
+            status,
+            stdout: out.join().unwrap().unwrap_or_default(),
+            stderr: err.join().unwrap().unwrap_or_default(),
+        }
+    })
+    .await
+    .unwrap()
 }
