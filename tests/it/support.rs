@@ -347,8 +347,9 @@ impl Pki {
             .unwrap();
         std::sync::Arc::new(config)
     }
+}
 
-/// Where `.ci/run` installs Debian's chromium.
+/// Where `.ci/install` puts Debian's chromium.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Runs headless Chromium on `url` with `args` (e.g. `--dump-dom`), killed
