@@ -267,11 +267,11 @@ fn delivery(endpoint: String, row: &Row, at: usize) -> Delivery {
 
 async fn query(
     api: &Api,
-    sql: &str,
+    sql: &'static str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Vec<Row>, ApiError> {
     let conn = api.db.conn().await.map_err(ApiError::unavailable)?;
-    let r = conn.client.query(sql, params).await;
+    let r = conn.query(conn.sql(sql), params).await;
     api.db.report(&r);
     r.map_err(ApiError::query)
 }

@@ -164,7 +164,6 @@ async fn report(
     let conn = shared.db.conn().await?;
     let pause_after = ep.cfg.pause_after.map(|d| d.as_secs_f64());
     let r = conn
-        .client
         .query_opt(
             &conn.st.breaker_report,
             &[
@@ -236,7 +235,6 @@ async fn probe(shared: &Arc<Shared>, ep: &Arc<Endpoint>) -> anyhow::Result<()> {
     };
     let conn = shared.db.conn().await?;
     let r = conn
-        .client
         .query_opt(
             &conn.st.claim_probe,
             &[
@@ -334,7 +332,6 @@ async fn finish(
     let body = attempt.and_then(|a| a.body.as_deref());
     let error = attempt.and_then(|a| a.error.as_deref());
     let r = conn
-        .client
         .execute(
             &conn.st.probe_finish,
             &[
@@ -355,10 +352,7 @@ async fn finish(
     shared.db.report(&r);
     r?;
     if delivered {
-        let r = conn
-            .client
-            .query_one(&conn.st.resume_after_probe, &[&ep.id])
-            .await;
+        let r = conn.query_one(&conn.st.resume_after_probe, &[&ep.id]).await;
         shared.db.report(&r);
         if r?.get::<_, bool>(0) {
             // The next report logs the change (once) and wakes the loop.

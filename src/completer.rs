@@ -151,7 +151,6 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
     }
     if !ids.is_empty() {
         let r = conn
-            .client
             .execute(
                 &conn.st.complete,
                 &[
@@ -181,7 +180,6 @@ async fn write(db: &Db, batch: &[Done], relay_name: &str) -> anyhow::Result<()> 
     }
     if !released_ids.is_empty() {
         let r = conn
-            .client
             .execute(
                 &conn.st.release,
                 &[

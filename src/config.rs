@@ -89,6 +89,11 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Option<String>,
+    /// A direct connection for LISTEN when `database_url` goes through a pooler.
+    pub listen_database_url: Option<String>,
+    /// `pooler = "transaction"`: `database_url` is a pooler in transaction
+    /// mode (no named statements, no session settings, no LISTEN on it).
+    pub pooled: bool,
     pub listen: SocketAddr,
     pub relay_name: Option<String>,
     pub poll_interval: Duration,
@@ -185,6 +190,9 @@ pub fn redact_url(url: &url::Url) -> String {
 struct RawConfig {
     database_url: Option<String>,
     database_url_file: Option<Spanned<String>>,
+    listen_database_url: Option<String>,
+    listen_database_url_file: Option<Spanned<String>>,
+    pooler: Option<Spanned<String>>,
     listen: Option<Spanned<String>>,
     relay_name: Option<String>,
     poll_interval: Option<Dur>,
@@ -703,8 +711,39 @@ impl Config {
             ),
         };
 
+        let listen_database_url = match (raw.listen_database_url, raw.listen_database_url_file) {
+            (Some(_), Some(file)) => {
+                return Err(err(
+                    file.span().start,
+                    "give \"listen_database_url\" or \"listen_database_url_file\", not both".into(),
+                ))
+            }
+            (url, None) => url,
+            (None, Some(file)) => Some(
+                files::read_secret_text(&files::resolve(base, file.get_ref()))
+                    .map_err(|e| err(file.span().start, e))?,
+            ),
+        };
+        let pooled =
+            match raw
+                .pooler
+                .as_ref()
+                .map(|p| (p.get_ref().as_str(), p.span().start))
+            {
+                None | Some(("none" | "session", _)) => false,
+                Some(("transaction", _)) => true,
+                Some((other, at)) => return Err(err(
+                    at,
+                    format!(
+                        "pooler must be \"none\", \"session\" or \"transaction\", not {other:?}"
+                    ),
+                )),
+            };
+
         Ok(Config {
             database_url,
+            listen_database_url,
+            pooled,
             listen,
             relay_name: raw.relay_name,
             poll_interval: raw.poll_interval.map_or(DEFAULT_POLL_INTERVAL, |d| d.0),

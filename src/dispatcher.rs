@@ -277,7 +277,7 @@ pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watc
                 _ = tokio::time::sleep(shared.poll_interval) => {
                     // Another relay may have disarmed the switch while busy.
                     if let Ok(conn) = shared.db.conn().await {
-                        let r = conn.client.execute(&conn.st.arm, &[&ep.id]).await;
+                        let r = conn.execute(&conn.st.arm, &[&ep.id]).await;
                         shared.db.report(&r);
                     }
                 }
@@ -297,7 +297,7 @@ async fn claim_step(
     let conn = shared.db.conn().await?;
     let settled = match state {
         Wakeup::Settling { snapshot, .. } => {
-            let r = conn.client.query_one(&conn.st.settled, &[snapshot]).await;
+            let r = conn.query_one(&conn.st.settled, &[snapshot]).await;
             shared.db.report(&r);
             Some(r?.get::<_, bool>(0))
         }
@@ -305,7 +305,6 @@ async fn claim_step(
     };
     let lease_secs = shared.lease.as_secs_f64();
     let r = conn
-        .client
         .query(
             &conn.st.claim,
             &[&ep.id, &(n as i64), &lease_secs, &shared.relay_name],
@@ -330,10 +329,10 @@ async fn claim_step(
 /// transactions still in progress.
 async fn arm(shared: &Shared, ep: &Endpoint) -> anyhow::Result<String> {
     let conn = shared.db.conn().await?;
-    let r = conn.client.execute(&conn.st.arm, &[&ep.id]).await;
+    let r = conn.execute(&conn.st.arm, &[&ep.id]).await;
     shared.db.report(&r);
     r?;
-    let r = conn.client.query_one(&conn.st.snapshot, &[]).await;
+    let r = conn.query_one(&conn.st.snapshot, &[]).await;
     shared.db.report(&r);
     Ok(r?.get(0))
 }
@@ -344,7 +343,7 @@ fn disarm(shared: &Arc<Shared>, ep: &Arc<Endpoint>) {
     let (shared, ep) = (shared.clone(), ep.clone());
     tokio::spawn(async move {
         if let Ok(conn) = shared.db.conn().await {
-            let r = conn.client.execute(&conn.st.disarm, &[&ep.id]).await;
+            let r = conn.execute(&conn.st.disarm, &[&ep.id]).await;
             shared.db.report(&r);
         }
     });

@@ -34,6 +34,13 @@ pub async fn run(
     loop {
         match session(&url, &wake, &metrics, &shutdown).await {
             Ok(()) => return, // shutdown
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                // A pooler (or a server) that will not LISTEN: trying again
+                // would not change its mind.
+                tracing::warn!(error = %format!("{e:#}"), "the server refused LISTEN; new rows are found by the poll timer");
+                metrics.set_no_listener();
+                return;
+            }
             Err(e) => {
                 metrics.set_listener_ok(false);
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "LISTEN connection lost");
@@ -78,10 +85,16 @@ async fn session(
     });
     let _abort_driver = AbortOnDrop(driver);
 
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .context("LISTEN")?;
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        if let Some(db) = e.as_db_error() {
+            return Err(anyhow::Error::new(Refused(format!(
+                "{}: {}",
+                db.severity(),
+                db.message()
+            ))));
+        }
+        return Err(e).context("LISTEN");
+    }
     metrics.set_listener_ok(true);
     tracing::info!(channel = CHANNEL, "listening for wake-ups");
     // Catch up on anything written while we were not listening.
@@ -119,3 +132,15 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// The server answered LISTEN with an error (not a lost connection).
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LISTEN: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}

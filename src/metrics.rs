@@ -66,6 +66,9 @@ pub struct Metrics {
     pub breaker_changes: Family<ChangeLabels, Counter>,
     db_ok: AtomicBool,
     listener_ok: AtomicBool,
+    /// False when the relay runs without a LISTEN connection (behind a
+    /// pooler, or the server refused LISTEN): readiness is the database only.
+    listener_wanted: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -175,6 +178,7 @@ impl Metrics {
             listener_up,
             db_ok: AtomicBool::new(false),
             listener_ok: AtomicBool::new(false),
+            listener_wanted: AtomicBool::new(true),
         }
     }
 
@@ -219,8 +223,17 @@ impl Metrics {
             .observe(attempt.elapsed.as_secs_f64());
     }
 
-    /// Ready: the database answers and the listener is connected.
+    /// The relay relies on the poll timer alone: readiness no longer waits
+    /// for the LISTEN connection.
+    pub fn set_no_listener(&self) {
+        self.listener_wanted.store(false, Ordering::Relaxed);
+        self.ready.set(i64::from(self.ready()));
+    }
+
+    /// Ready: the database answers and the listener (if any) is connected.
     pub fn ready(&self) -> bool {
-        self.db_ok.load(Ordering::Relaxed) && self.listener_ok.load(Ordering::Relaxed)
+        self.db_ok.load(Ordering::Relaxed)
+            && (self.listener_ok.load(Ordering::Relaxed)
+                || !self.listener_wanted.load(Ordering::Relaxed))
     }
 }

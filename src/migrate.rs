@@ -49,14 +49,19 @@ pub fn expected_version() -> i32 {
 /// binary, with a message that says what to do.
 pub async fn check_schema_version(client: &Client) -> Result<()> {
     let expected = expected_version();
+    // Unnamed statements (query_typed): these work through a pooler in
+    // transaction mode too.
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&HISTORY_TABLE])
+        .query_typed_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[(&HISTORY_TABLE, tokio_postgres::types::Type::TEXT)],
+        )
         .await
         .context("checking the webhook schema")?
         .get(0);
     let applied: i32 = if exists {
         client
-            .query_one(
+            .query_typed_one(
                 &format!("SELECT coalesce(max(version), 0)::int4 FROM {HISTORY_TABLE}"),
                 &[],
             )

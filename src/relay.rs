@@ -75,7 +75,7 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     // The status API has a connection of its own, made on first use, so its
     // readers never queue behind claims or write-backs.
     let api = Arc::new(Api::new(
-        Db::new(database_url.clone(), metrics.clone()),
+        Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled),
         Tokens::from_config(&cfg),
     ));
     let http_task = tokio::spawn(http::serve(
@@ -93,9 +93,10 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let relay_name = cfg.relay_name.clone().unwrap_or_else(default_relay_name);
     tracing::info!(relay = %relay_name, endpoints = cfg.endpoints.len(), listen = %http_addr, "relay starting");
 
-    let claims_db = Arc::new(Db::new(database_url.clone(), metrics.clone()));
-    let outcomes_db = Arc::new(Db::new(database_url.clone(), metrics.clone()));
-    let housekeeping_db = Arc::new(Db::new(database_url.clone(), metrics.clone()));
+    let claims_db = Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
+    let outcomes_db = Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
+    let housekeeping_db =
+        Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
 
     let ssrf = cfg.ssrf_guard.clone().map(Arc::new);
     if let Some(g) = &ssrf {
@@ -135,12 +136,36 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     ));
     let background = CancellationToken::new();
     let (wake_tx, wake_rx) = watch::channel(0u64);
-    let listener_task = tokio::spawn(listener::run(
-        database_url.clone(),
-        wake_tx,
-        metrics.clone(),
-        background.clone(),
-    ));
+    // LISTEN needs a session of its own: through a pooler in transaction
+    // mode it would land on a borrowed server connection and hear nothing.
+    let listen_url = match (&cfg.listen_database_url, cfg.pooled) {
+        (Some(url), _) => Some(url.clone()),
+        (None, false) => Some(database_url.clone()),
+        (None, true) => None,
+    };
+    let listener_task = match listen_url {
+        Some(url) => tokio::spawn(listener::run(
+            url,
+            wake_tx,
+            metrics.clone(),
+            background.clone(),
+        )),
+        None => {
+            tracing::warn!(
+                poll_interval = ?cfg.poll_interval,
+                "pooler = \"transaction\" and no listen_database_url: no LISTEN connection, \
+                 new rows are found by the poll timer"
+            );
+            metrics.set_no_listener();
+            // The loops wait on the wake-up channel beside their poll timer:
+            // it stays open, silent, until shutdown.
+            let background = background.clone();
+            tokio::spawn(async move {
+                let _wake = wake_tx;
+                background.cancelled().await;
+            })
+        }
+    };
     let rescue_every = (cfg.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let rescuer_task = tokio::spawn(rescuer::run_rescuer(
         housekeeping_db.clone(),
@@ -151,7 +176,7 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     // Retention's runs of deletes get a connection of their own, so they
     // never delay the rescuer.
     let retention_task = tokio::spawn(retention::run(
-        Arc::new(Db::new(database_url.clone(), metrics.clone())),
+        Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled)),
         cfg.retention.clone(),
         background.clone(),
     ));

@@ -29,7 +29,7 @@ pub async fn run_rescuer(
         }
         loop {
             let Ok(conn) = db.conn().await else { break };
-            let r = conn.client.query(&conn.st.rescue, &[&RESCUE_BATCH]).await;
+            let r = conn.query(&conn.st.rescue, &[&RESCUE_BATCH]).await;
             db.report(&r);
             match r {
                 Ok(rows) => {
@@ -66,8 +66,10 @@ pub async fn run_sampler(
         }
         let Ok(conn) = db.conn().await else { continue };
         let r = conn
-            .client
-            .query(include_str!("../sql/row_counts.sql"), &[&endpoints])
+            .query(
+                conn.sql(include_str!("../sql/row_counts.sql")),
+                &[&endpoints],
+            )
             .await;
         db.report(&r);
         let Ok(rows) = r else { continue };

@@ -83,19 +83,17 @@ pub async fn sweep(
 
 async fn sweep_one(
     db: &Db,
-    sql: &str,
+    sql: &'static str,
     age: Duration,
     batch: u32,
     shutdown: &CancellationToken,
 ) -> Result<u64> {
     let conn = db.conn().await?;
-    let statement = conn.client.prepare(sql).await;
-    db.report(&statement);
-    let statement = statement?;
+    let statement = conn.sql(sql);
     let (age, batch) = (age.as_secs_f64(), i64::from(batch));
     let mut total = 0;
     while !shutdown.is_cancelled() {
-        let r = conn.client.execute(&statement, &[&age, &batch]).await;
+        let r = conn.execute(statement, &[&age, &batch]).await;
         db.report(&r);
         let n = r?;
         total += n;

@@ -337,8 +337,9 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(pid, sig);
 }
 
-/// The account the server runs as: None (ourselves) unless we are root.
-fn server_account() -> Result<Option<(u32, u32)>> {
+/// The account the server (and a test's pgbouncer) runs as: None (ourselves)
+/// unless we are root.
+pub fn server_account() -> Result<Option<(u32, u32)>> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(None);
     }

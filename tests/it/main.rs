@@ -14,6 +14,7 @@ mod monitoring;
 mod operations;
 mod page;
 mod pgtls;
+mod pooler;
 mod process;
 mod receiver;
 mod reliability;
