@@ -724,21 +724,22 @@ impl Config {
                     .map_err(|e| err(file.span().start, e))?,
             ),
         };
-        let pooled =
-            match raw
-                .pooler
-                .as_ref()
-                .map(|p| (p.get_ref().as_str(), p.span().start))
-            {
-                None | Some(("none" | "session", _)) => false,
-                Some(("transaction", _)) => true,
-                Some((other, at)) => return Err(err(
+        let pooled = match raw
+            .pooler
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span().start))
+        {
+            None | Some(("none" | "session", _)) => false,
+            Some(("transaction", _)) => true,
+            Some((other, at)) => {
+                return Err(err(
                     at,
                     format!(
                         "pooler must be \"none\", \"session\" or \"transaction\", not {other:?}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
 
         Ok(Config {
             database_url,
