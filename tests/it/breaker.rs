@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::delivery::{config, config_text, count_status, enqueue, start, wait_status};
+use crate::delivery::{config, config_text, count_status, enqueue, start, start_one, wait_status};
 use crate::process::RelayProcess;
 use crate::receiver::{Receiver, Reply};
 use crate::support::{cli, stderr, stdout, wait_for, TestDb};
@@ -280,16 +280,11 @@ async fn pause_after_off_never_pauses() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let rx = Receiver::start(|_| Reply::Status(503)).await;
-    let relay = start(
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "crm",
-                &rx.url,
-                "pause_after = \"off\"\nmax_attempts = 3\nretry_initial = \"50ms\"\nretry_max = \"50ms\"",
-            )],
-        ),
+        "crm",
+        &rx.url,
+        "pause_after = \"off\"\nmax_attempts = 3\nretry_initial = \"50ms\"\nretry_max = \"50ms\"",
     )
     .await;
     enqueue(&c, 2).await;

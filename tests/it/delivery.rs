@@ -42,6 +42,11 @@ pub async fn start(db: &TestDb, cfg: Config) -> Relay {
         .expect("relay starts")
 }
 
+/// A relay with one endpoint, `name` at `url`, with `extra` config lines.
+pub async fn start_one(db: &TestDb, name: &str, url: &str, extra: &str) -> Relay {
+    start(db, config("", &[(name, url, extra)])).await
+}
+
 /// Enqueues `n` generic events in one transaction.
 pub async fn enqueue(c: &Client, n: i32) {
     c.execute(
@@ -75,7 +80,7 @@ async fn app_writes_arrive_signed_with_the_exact_bodies() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let rx = Receiver::ok().await;
-    let relay = start(&db, config("", &[("crm", &rx.url, "")])).await;
+    let relay = start_one(&db, "crm", &rx.url, "").await;
 
     c.batch_execute(
         "INSERT INTO buyers VALUES ('0000', 'test', 10);
@@ -160,24 +165,12 @@ async fn app_writes_arrive_signed_with_the_exact_bodies() {
 async fn two_failures_then_success_is_three_attempts_and_delivered() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let rx = Receiver::start(|r| {
-        if r.nth <= 2 {
-            Reply::Status(503)
-        } else {
-            Reply::Status(200)
-        }
-    })
-    .await;
-    let relay = start(
+    let rx = Receiver::failing_first(2, 503).await;
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "flaky",
-                &rx.url,
-                "retry_initial = \"50ms\"\nretry_max = \"200ms\"",
-            )],
-        ),
+        "flaky",
+        &rx.url,
+        "retry_initial = \"50ms\"\nretry_max = \"200ms\"",
     )
     .await;
     enqueue(&c, 1).await;
@@ -223,16 +216,11 @@ async fn an_always_failing_endpoint_ends_dead_after_max_attempts() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let rx = Receiver::start(|_| Reply::Status(500)).await;
-    let relay = start(
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "down",
-                &rx.url,
-                "max_attempts = 3\nretry_initial = \"20ms\"\nretry_max = \"50ms\"",
-            )],
-        ),
+        "down",
+        &rx.url,
+        "max_attempts = 3\nretry_initial = \"20ms\"\nretry_max = \"50ms\"",
     )
     .await;
     enqueue(&c, 2).await;
@@ -264,11 +252,7 @@ async fn a_no_retry_status_is_dead_at_once() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let rx = Receiver::start(|_| Reply::Status(410)).await;
-    let relay = start(
-        &db,
-        config("", &[("gone", &rx.url, "retry_initial = \"20ms\"")]),
-    )
-    .await;
+    let relay = start_one(&db, "gone", &rx.url, "retry_initial = \"20ms\"").await;
     enqueue(&c, 1).await;
     wait_status(&c, "dead", 1, "dead", WAIT).await;
     assert_eq!(rx.count(), 1);
@@ -288,16 +272,11 @@ async fn retry_after_is_honoured() {
     })
     .await;
     // Without Retry-After the retry would come after 10 minutes at least.
-    let relay = start(
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "busy",
-                &rx.url,
-                "retry_initial = \"20m\"\nretry_max = \"1h\"",
-            )],
-        ),
+        "busy",
+        &rx.url,
+        "retry_initial = \"20m\"\nretry_max = \"1h\"",
     )
     .await;
     enqueue(&c, 1).await;
@@ -323,7 +302,7 @@ async fn a_rolled_back_transaction_sends_nothing() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let rx = Receiver::ok().await;
-    let relay = start(&db, config("", &[("crm", &rx.url, "")])).await;
+    let relay = start_one(&db, "crm", &rx.url, "").await;
     c.batch_execute(
         "INSERT INTO buyers VALUES ('rb', 'Rollback', 0);
          BEGIN;
@@ -445,11 +424,7 @@ async fn rate_limit_spaces_requests() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let rx = Receiver::ok().await;
-    let relay = start(
-        &db,
-        config("", &[("limited", &rx.url, "rate_limit = 20.0\nburst = 1")]),
-    )
-    .await;
+    let relay = start_one(&db, "limited", &rx.url, "rate_limit = 20.0\nburst = 1").await;
     enqueue(&c, 21).await;
     wait_for("all delivered", WAIT, || async {
         (rx.count() >= 21).then_some(())
@@ -505,16 +480,11 @@ async fn graceful_shutdown_finishes_in_flight_and_releases_waiting_rows() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let rx = Receiver::start(|_| Reply::After(Duration::from_millis(700), 200)).await;
-    let relay = start(
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "slowish",
-                &rx.url,
-                "max_in_flight = 2\nrate_limit = 2.0\nburst = 2",
-            )],
-        ),
+        "slowish",
+        &rx.url,
+        "max_in_flight = 2\nrate_limit = 2.0\nburst = 2",
     )
     .await;
     enqueue(&c, 10).await;
@@ -576,19 +546,8 @@ async fn the_shutdown_deadline_releases_requests_still_in_flight() {
 async fn metrics_and_health_are_served() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let rx = Receiver::start(|r| {
-        if r.nth == 1 {
-            Reply::Status(500)
-        } else {
-            Reply::Status(200)
-        }
-    })
-    .await;
-    let relay = start(
-        &db,
-        config("", &[("crm", &rx.url, "retry_initial = \"20ms\"")]),
-    )
-    .await;
+    let rx = Receiver::failing_first(1, 500).await;
+    let relay = start_one(&db, "crm", &rx.url, "retry_initial = \"20ms\"").await;
     enqueue(&c, 3).await;
     wait_status(&c, "delivered", 3, "delivered", WAIT).await;
     let base = format!("http://{}", relay.http_addr);

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use crate::delivery::{config, enqueue, start, wait_status};
+use crate::delivery::{enqueue, start_one, wait_status};
 use crate::receiver::Receiver;
 use crate::support::TestDb;
 
@@ -81,7 +81,7 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let rx = Receiver::ok().await;
-    let relay = start(&db, config("", &[("crm", &rx.url, "")])).await;
+    let relay = start_one(&db, "crm", &rx.url, "").await;
     enqueue(&c, 2).await;
     wait_status(&c, "delivered", 2, "delivered", WAIT).await;
     let scrape = reqwest::get(format!("http://{}/metrics", relay.http_addr))

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use crate::delivery::{config, config_text, count_status, start, SECRET};
-use crate::receiver::{Receiver, Reply};
+use crate::receiver::Receiver;
 use crate::support::{cli, stderr, stdout, wait_for, TestDb, BIN};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -431,14 +431,7 @@ async fn replay_command_requeues_and_an_idle_relay_delivers_at_once() {
     let c = db.client().await;
     // The first request of every event is refused with 410 (not retried:
     // dead at once); later ones succeed.
-    let rx = Receiver::start(|r| {
-        if r.nth == 1 {
-            Reply::Status(410)
-        } else {
-            Reply::Status(200)
-        }
-    })
-    .await;
+    let rx = Receiver::failing_first(1, 410).await;
     // A poll interval of an hour: only the NOTIFY of webhook.replay can
     // bring the rows back within the test's time.
     let relay = start(
@@ -876,14 +869,7 @@ async fn run_refuses_a_schema_older_than_the_binary_with_advice() {
 async fn json_logs_are_one_object_per_line_with_span_fields() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let rx = Receiver::start(|r| {
-        if r.nth == 1 {
-            Reply::Status(500)
-        } else {
-            Reply::Status(200)
-        }
-    })
-    .await;
+    let rx = Receiver::failing_first(1, 500).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.toml");
     std::fs::write(

@@ -119,14 +119,7 @@ pub async fn wait_synced(c: &tokio_postgres::Client) {
 async fn sigterm_exits_0_and_secrets_stay_out_of_logs_and_database() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let rx = Receiver::start(|r| {
-        if r.nth == 1 {
-            Reply::Status(500)
-        } else {
-            Reply::Status(200)
-        }
-    })
-    .await;
+    let rx = Receiver::failing_first(1, 500).await;
     // Every way a secret can be configured: secret, previous_secrets, secret_env.
     let rotated = "whsec_cm90YXRlZC1vdXQtc2VjcmV0LWJ5dGVzLTAwMDE=";
     let from_env = "whsec_ZnJvbS10aGUtZW52aXJvbm1lbnQtc2VjcmV0LTAwMDI=";

@@ -64,6 +64,12 @@ impl Receiver {
         Receiver::start(|_| Reply::Status(200)).await
     }
 
+    /// A receiver that answers `status` to the first `n` requests of every
+    /// webhook-id, then 200.
+    pub async fn failing_first(n: usize, status: u16) -> Receiver {
+        Receiver::start(move |r| Reply::Status(if r.nth <= n { status } else { 200 })).await
+    }
+
     pub async fn start(behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Receiver::on(listener, behaviour).await
