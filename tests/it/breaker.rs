@@ -145,7 +145,20 @@ async fn a_receiver_down_for_20s_pauses_probes_once_per_interval_and_loses_nothi
             "two probes {gap:?} apart"
         );
     }
+    let min_gap = probes
+        .windows(2)
+        .map(|p| p[1] - p[0])
+        .min()
+        .unwrap_or_default();
     let recorded = one_i64(&c, "SELECT count(*) FROM webhook.attempts WHERE probe").await;
+    eprintln!(
+        "FIGURES breaker: paused after {failing_for:.1} s of failures; {} probes in {:.1} s while \
+         paused (closest two {min_gap:?} apart), {recorded} recorded as probes; attempts spent while \
+         paused: {}; 30 events delivered {drained:?} after the receiver returned; dead: 0",
+        probes.len(),
+        window.as_secs_f64(),
+        spent_paused - spent
+    );
     assert!(
         recorded >= probes.len() as i64,
         "{recorded} probes recorded"
