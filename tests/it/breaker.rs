@@ -105,6 +105,29 @@ async fn a_receiver_down_for_20s_pauses_probes_once_per_interval_and_loses_nothi
         assert_eq!(health(&c, "crm").await.0, "paused");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // What an operator sees meanwhile: `status --json` and endpoint_health.
+    let out = cli(&["status", "--json", "--database-url", &db.url], &[]).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let crm = &report["endpoints"][0];
+    assert_eq!(crm["state"], "paused", "{crm}");
+    assert_eq!(crm["paused_by"], "auto", "{crm}");
+    assert!(
+        crm["last_probe_at"].is_string() && crm["failing_since"].is_string(),
+        "{crm}"
+    );
+    assert!(crm["last_5m"]["probes"].as_i64().unwrap() >= 5, "{crm}");
+    let waiting =
+        crm["rows"]["pending"].as_i64().unwrap() + crm["rows"]["in_flight"].as_i64().unwrap();
+    assert_eq!(waiting, 30, "{crm}");
+    let probes_seen = one_i64(
+        &c,
+        "SELECT probes FROM webhook.endpoint_health WHERE endpoint = 'crm'",
+    )
+    .await;
+    assert!(
+        probes_seen >= 5,
+        "endpoint_health shows {probes_seen} probes"
+    );
     let spent_paused = one_i64(&c, "SELECT sum(attempts)::int8 FROM webhook.outbox").await;
     assert_eq!(spent_paused, spent, "probes spent the rows' attempts");
     up.store(true, Ordering::SeqCst);
