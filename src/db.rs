@@ -147,13 +147,15 @@ const NAMED_SQL: [&str; 12] = [
 
 /// The other statements the relay's connections run, looked up by text
 /// ([`Conn::sql`]).
-pub const OTHER_SQL: [&str; 6] = [
+pub const OTHER_SQL: [&str; 8] = [
     include_str!("../sql/row_counts.sql"),
     include_str!("../sql/retention_delivered.sql"),
     include_str!("../sql/retention_attempts.sql"),
     include_str!("../sql/api_event.sql"),
     include_str!("../sql/api_endpoint.sql"),
     include_str!("../sql/api_endpoint_events.sql"),
+    include_str!("../sql/page_endpoints.sql"),
+    include_str!("../sql/page_failures.sql"),
 ];
 
 /// A live connection and its statements.

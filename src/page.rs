@@ -128,8 +128,10 @@ async fn login(
 async fn collect(api: &Api) -> anyhow::Result<Page> {
     let conn = api.db.conn().await?;
     let r = conn
-        .client
-        .query(include_str!("../sql/page_endpoints.sql"), &[&MINUTES])
+        .query(
+            conn.sql(include_str!("../sql/page_endpoints.sql")),
+            &[&MINUTES],
+        )
         .await;
     api.db.report(&r);
     let endpoints = r?
@@ -150,9 +152,8 @@ async fn collect(api: &Api) -> anyhow::Result<Page> {
         })
         .collect();
     let r = conn
-        .client
         .query(
-            include_str!("../sql/page_failures.sql"),
+            conn.sql(include_str!("../sql/page_failures.sql")),
             &[&FAILURES, &EXCERPT_CHARS],
         )
         .await;

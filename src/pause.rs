@@ -21,7 +21,11 @@ pub async fn apply(client: &Client, action: Action, endpoint: &str) -> Result<bo
         Action::Pause => include_str!("../sql/pause_endpoint.sql"),
         Action::Resume => include_str!("../sql/resume_endpoint.sql"),
     };
-    match client.query_one(sql, &[&endpoint]).await {
+    // Unnamed (query_typed): works through a pooler in transaction mode too.
+    match client
+        .query_typed_one(sql, &[(&endpoint, tokio_postgres::types::Type::TEXT)])
+        .await
+    {
         Ok(row) => Ok(row.get(0)),
         Err(e) => match e.as_db_error() {
             Some(db) => Err(anyhow::anyhow!("{}", db.message())),

@@ -7,6 +7,7 @@
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 /// Which rows to replay.
@@ -30,8 +31,13 @@ pub enum Selection {
 pub async fn replay(client: &Client, selection: &Selection, dry_run: bool) -> Result<i64> {
     let result = match selection {
         Selection::One(id) => {
+            // Unnamed statements (query_typed), with the types the SQL
+            // casts to: these work through a pooler in transaction mode too.
             client
-                .query_one(include_str!("../sql/replay_one.sql"), &[id, &dry_run])
+                .query_typed_one(
+                    include_str!("../sql/replay_one.sql"),
+                    &[(id, Type::INT8), (&dry_run, Type::BOOL)],
+                )
                 .await
         }
         Selection::Matching {
@@ -41,9 +47,15 @@ pub async fn replay(client: &Client, selection: &Selection, dry_run: bool) -> Re
             until,
         } => {
             client
-                .query_one(
+                .query_typed_one(
                     include_str!("../sql/replay_matching.sql"),
-                    &[endpoint, status, since, until, &dry_run],
+                    &[
+                        (endpoint, Type::TEXT),
+                        (status, Type::TEXT),
+                        (since, Type::TIMESTAMPTZ),
+                        (until, Type::TIMESTAMPTZ),
+                        (&dry_run, Type::BOOL),
+                    ],
                 )
                 .await
         }

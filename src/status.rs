@@ -74,8 +74,9 @@ pub struct LatestError {
 /// Reads the report (one statement, sql/status.sql).
 pub async fn collect(client: &Client) -> Result<Report> {
     let now = Utc::now();
+    // Unnamed (query_typed): works through a pooler in transaction mode too.
     let rows = client
-        .query(include_str!("../sql/status.sql"), &[])
+        .query_typed(include_str!("../sql/status.sql"), &[])
         .await
         .context("reading the endpoints' status")?;
     let endpoints = rows

@@ -358,7 +358,11 @@ fn describe_tls(e: &rustls::Error, params: &TlsParams) -> String {
         }) => format!(
             "the server's certificate is not valid for the host name {} (it names {}); sslmode=verify-full checks the name",
             expected.to_str(),
-            presented.join(", ")
+            presented
+                .iter()
+                .map(|p| plain_name(p))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
             "the server's certificate is not valid for the host name connected to; sslmode=verify-full checks the name".into()
@@ -373,5 +377,29 @@ fn describe_tls(e: &rustls::Error, params: &TlsParams) -> String {
             format!("the server refused the handshake or the client certificate ({alert:?})")
         }
         other => other.to_string(),
+    }
+}
+
+/// `DnsName("db.internal")` or `IpAddress(10.0.0.7)` (rustls's wording of
+/// a certificate's names) as `db.internal`, `10.0.0.7`.
+fn plain_name(presented: &str) -> &str {
+    presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+        .or_else(|| {
+            presented
+                .strip_prefix("IpAddress(")
+                .and_then(|r| r.strip_suffix(')'))
+        })
+        .unwrap_or(presented)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn certificate_names_are_shown_plainly() {
+        assert_eq!(super::plain_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(super::plain_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(super::plain_name("other"), "other");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::delivery::{config, enqueue, wait_status};
 use crate::receiver::Receiver;
-use crate::support::{wait_for, TestDb};
+use crate::support::{cli, stderr, wait_for, TestDb};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -126,7 +126,7 @@ async fn the_relay_delivers_through_pgbouncer_in_transaction_mode() {
     // for a LISTEN connection.
     let relay = outbox_relay::relay::start(
         config("pooler = \"transaction\"\n", &[("crm", &rx.url, "")]),
-        pooled,
+        pooled.clone(),
     )
     .await
     .expect("the relay starts through pgbouncer");
@@ -152,4 +152,23 @@ async fn the_relay_delivers_through_pgbouncer_in_transaction_mode() {
         .unwrap()
         .get(0);
     assert_eq!(attempts, 40);
+
+    // A DBA's commands through the pooler too (the migrations go direct).
+    for args in [
+        &["status"][..],
+        &[
+            "replay",
+            "--all-endpoints",
+            "--status",
+            "delivered",
+            "--dry-run",
+        ],
+        &["pause", "--endpoint", "crm"],
+        &["resume", "--endpoint", "crm"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--database-url", &pooled]);
+        let out = cli(&args, &[]).await;
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
 }
