@@ -6,7 +6,8 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::delivery::{config, enqueue, wait_status};
+use crate::delivery::{config, config_text, enqueue, wait_status};
+use crate::process::RelayProcess;
 use crate::receiver::Receiver;
 use crate::support::{cli, stderr, wait_for, TestDb};
 
@@ -122,16 +123,14 @@ async fn the_relay_delivers_through_pgbouncer_in_transaction_mode() {
     relay.shutdown().await;
     assert_eq!(rx.unique_ids(), 20);
 
-    // Without one: the poll timer finds the rows, and readiness does not wait
-    // for a LISTEN connection.
-    let relay = outbox_relay::relay::start(
-        config("pooler = \"transaction\"\n", &[("crm", &rx.url, "")]),
-        pooled.clone(),
-    )
-    .await
-    .expect("the relay starts through pgbouncer");
-    wait_for("ready without LISTEN", WAIT, || async {
-        relay.metrics.ready().then_some(())
+    // Without one, the real binary: the poll timer finds the rows, it says
+    // so once, and no statement fails on the way (with the default
+    // pooler = "none" the same run logs `prepared statement "s4" does not
+    // exist` on claims and write-backs).
+    let text = config_text("pooler = \"transaction\"\n", &[("crm", &rx.url, "")]);
+    let mut relay = RelayProcess::spawn(&pooled, &text);
+    wait_for("the relay to mirror its endpoint", WAIT, || async {
+        relay.log().contains("relay starting").then_some(())
     })
     .await;
     enqueue(&c, 20).await;
@@ -143,7 +142,20 @@ async fn the_relay_delivers_through_pgbouncer_in_transaction_mode() {
         WAIT,
     )
     .await;
-    relay.shutdown().await;
+    relay.sigterm();
+    assert!(relay.wait_exit(WAIT).success());
+    let log = relay.log();
+    // Warnings and errors, by their level field (the log is coloured).
+    let alarms: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN\u{1b}") || l.contains("ERROR\u{1b}"))
+        .collect();
+    assert!(
+        alarms.len() == 1 && alarms[0].contains("no LISTEN connection"),
+        "one warning expected, about LISTEN:\n{}",
+        alarms.join("\n")
+    );
+    assert!(!log.contains("does not exist"), "{log}");
     assert_eq!(rx.unique_ids(), 40);
     // The write-backs went through the pooler: one attempt recorded per row.
     let attempts: i64 = c
