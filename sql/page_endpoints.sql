@@ -1,8 +1,7 @@
--- The status page (GET /): per endpoint its state, its attempts of each of
--- the last $1 minutes (oldest minute first; a success is an attempt without
--- error), its backlog and the age of its oldest pending row. The attempts
--- come through attempts_started (a range of the last minutes), the backlog
--- through outbox_queue.
+-- The status page (GET /): per endpoint its state, its attempts in each of
+-- the last $1 minutes (oldest first, the current minute last) from
+-- webhook.endpoint_minutes, its backlog and the age of its oldest pending row
+-- (through outbox_queue).
 SELECT e.name,
        CASE WHEN NOT e.enabled THEN 'disabled' WHEN e.paused_at IS NOT NULL THEN 'paused' ELSE 'running' END AS state,
        e.paused_at,
@@ -17,18 +16,12 @@ SELECT e.name,
        extract(epoch FROM now() - b.oldest_pending_at)::float8 AS oldest_pending_seconds
   FROM webhook.endpoints e
  CROSS JOIN LATERAL (
-        SELECT array_agg(coalesce(a.delivered, 0) ORDER BY g.minute) AS delivered,
-               array_agg(coalesce(a.failed, 0) ORDER BY g.minute) AS failed
-          FROM generate_series(1, $1::int) AS g(minute)
-          LEFT JOIN (
-                SELECT $1::int - floor(extract(epoch FROM now() - a.started_at) / 60)::int AS minute,
-                       count(*) FILTER (WHERE a.error IS NULL)::int AS delivered,
-                       count(*) FILTER (WHERE a.error IS NOT NULL)::int AS failed
-                  FROM webhook.attempts a
-                  JOIN webhook.outbox o ON o.id = a.outbox_id
-                 WHERE a.started_at > now() - make_interval(mins => $1::int)
-                   AND o.endpoint_id = e.endpoint_id
-                 GROUP BY 1) a ON a.minute = g.minute) m
+        SELECT array_agg(coalesce(c.delivered, 0) ORDER BY g.minute) AS delivered,
+               array_agg(coalesce(c.failed, 0) ORDER BY g.minute) AS failed
+          FROM generate_series(date_trunc('minute', now()) - make_interval(mins => $1::int - 1),
+                               date_trunc('minute', now()), interval '1 minute') AS g(minute)
+          LEFT JOIN webhook.endpoint_minutes c
+                 ON c.endpoint_id = e.endpoint_id AND c.minute = g.minute) m
  CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE o.status = 'pending') AS pending,
                count(*) FILTER (WHERE o.status = 'in_flight') AS in_flight,

@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 use crate::deliver;
 use crate::dispatcher::{Endpoint, Shared};
 use crate::metrics::{ChangeLabels, EndpointLabels, ProbeLabels};
+use crate::tally::Tally;
 
 /// Longest time between two reports (and reads of the paused state): how
 /// long a relay may take to notice a pause or resume made elsewhere. Its
@@ -63,6 +64,8 @@ impl Outcomes {
 pub struct Breaker {
     outcomes: Mutex<Outcomes>,
     paused: watch::Sender<bool>,
+    /// Attempts per minute, written with each report (src/tally.rs).
+    tally: Tally,
 }
 
 impl Default for Breaker {
@@ -70,15 +73,17 @@ impl Default for Breaker {
         Breaker {
             outcomes: Mutex::new(Outcomes::default()),
             paused: watch::Sender::new(false),
+            tally: Tally::default(),
         }
     }
 }
 
 impl Breaker {
-    /// Records one attempt's outcome for the next report.
+    /// Records one attempt's outcome for the next report (and the counts).
     pub fn note(&self, delivered: bool, at: SystemTime) {
         // The lock guards two fields for a moment; a panic cannot poison it
         // half-way, so a poisoned lock still holds consistent data.
+        self.tally.add(delivered, at);
         let mut o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
         o.note(delivered, at);
     }
@@ -123,6 +128,9 @@ pub async fn run(shared: Arc<Shared>, ep: Arc<Endpoint>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
+        }
+        if let Err(e) = ep.breaker.tally.flush(&shared.db, ep.id).await {
+            tracing::debug!(endpoint = %ep.cfg.name, error = %format!("{e:#}"), "writing attempt counts failed; will retry");
         }
         let outcomes = ep.breaker.take();
         let state = match report(&shared, &ep, outcomes).await {

@@ -127,10 +127,11 @@ pub struct Statements {
     pub claim_probe: Stmt,
     pub probe_finish: Stmt,
     pub resume_after_probe: Stmt,
+    pub count_minutes: Stmt,
 }
 
 /// The SQL of [`Statements`], in the order of its fields.
-const NAMED_SQL: [&str; 12] = [
+const NAMED_SQL: [&str; 13] = [
     include_str!("../sql/claim.sql"),
     include_str!("../sql/complete.sql"),
     include_str!("../sql/release.sql"),
@@ -143,6 +144,7 @@ const NAMED_SQL: [&str; 12] = [
     include_str!("../sql/claim_probe.sql"),
     include_str!("../sql/probe_finish.sql"),
     include_str!("../sql/resume_after_probe.sql"),
+    include_str!("../sql/count_minutes.sql"),
 ];
 
 /// The other statements the relay's connections run, looked up by text
@@ -411,6 +413,7 @@ async fn statements(
         claim_probe: next(),
         probe_finish: next(),
         resume_after_probe: next(),
+        count_minutes: next(),
     };
     let other = OTHER_SQL.iter().map(|sql| (*sql, next())).collect();
     Ok((st, other))

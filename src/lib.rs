@@ -10,6 +10,7 @@
 //! - [`listener`]: the dedicated LISTEN connection; NOTIFYs become wake-ups.
 //! - [`dispatcher`]: one loop per endpoint: claim due rows under a lease, hand them to delivery tasks.
 //! - [`breaker`]: the circuit breaker: pause an endpoint that only fails, probe it, resume it.
+//! - [`tally`]: attempts per endpoint and minute, for the status page.
 //! - [`deliver`]: one attempt: sign, rate-limit, POST, read a bounded excerpt of the answer.
 //! - [`egress`]: the HTTP clients: trust roots, client certificates, proxies.
 //! - [`sign`]: Standard Webhooks signing, pure.
@@ -61,4 +62,5 @@ pub mod retry;
 pub mod sign;
 pub mod ssrf;
 pub mod status;
+pub mod tally;
 pub mod throwaway;

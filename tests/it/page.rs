@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::delivery::{config, enqueue, start, wait_status};
 use crate::receiver::Receiver;
-use crate::support::{chromium, TestDb};
+use crate::support::{chromium, wait_for, TestDb};
 
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(30);
@@ -46,10 +46,19 @@ async fn one_i64(c: &Client, sql: &str, name: &str) -> i64 {
 async fn the_page_in_a_browser_shows_what_the_database_says() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let rx = Receiver::ok().await;
+    // crm's receiver fails the first request of every event with 503: each
+    // of its deliveries is one failed and one successful attempt.
+    let rx = Receiver::failing_first(1, 503).await;
+    let billing = Receiver::ok().await;
     let relay = start(
         &db,
-        config("", &[("crm", &rx.url, ""), ("billing", &rx.url, "")]),
+        config(
+            "",
+            &[
+                ("crm", &rx.url, "retry_initial = \"50ms\""),
+                ("billing", &billing.url, ""),
+            ],
+        ),
     )
     .await;
     enqueue(&c, 5).await;
@@ -67,11 +76,25 @@ async fn the_page_in_a_browser_shows_what_the_database_says() {
     wait_status(&c, "delivered", 13, "crm's new rows delivered", WAIT).await;
     c.batch_execute(
         "INSERT INTO webhook.attempts (outbox_id, attempt, started_at, duration_ms, response_status, response_body, error)
-         SELECT min(o.id), 1, now() - interval '30 seconds', 12, 503, '<b>down</b> & \"out\"', 'HTTP 503'
+         SELECT min(o.id), 1, now(), 12, 503, '<b>down</b> & \"out\"', 'HTTP 503'
            FROM webhook.outbox o JOIN webhook.endpoints e USING (endpoint_id) WHERE e.name = 'crm'",
     )
     .await
     .unwrap();
+    // The relay adds its attempts to webhook.endpoint_minutes about once a
+    // second: wait until they are all there (16 by crm, 5 by billing).
+    wait_for("the attempt counts written", WAIT, || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT coalesce(sum(delivered + failed), 0)::int8 FROM webhook.endpoint_minutes",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 21).then_some(())
+    })
+    .await;
 
     let url = format!("http://{}/", relay.http_addr);
     let out = chromium(&url, &["--dump-dom".into()], BROWSER_TIMEOUT).await;
@@ -111,25 +134,34 @@ async fn the_page_in_a_browser_shows_what_the_database_says() {
             .await;
             assert_eq!(field(card, f), n.to_string(), "{name} {f}");
         }
-        let delivered = one_i64(
-            &c,
-            "SELECT count(*) FROM webhook.attempts a JOIN webhook.outbox o ON o.id = a.outbox_id
-               JOIN webhook.endpoints e USING (endpoint_id)
-              WHERE e.name = $1 AND a.error IS NULL AND a.started_at > now() - interval '15 minutes'",
-            name,
-        )
-        .await;
-        assert_eq!(field(card, "delivered"), delivered.to_string(), "{name}");
+        // Attempts of the last 15 minutes, as the relay made them (the
+        // markup failure below was written by hand, not attempted).
+        for (f, failed) in [("delivered", false), ("failed", true)] {
+            let n = one_i64(
+                &c,
+                &format!(
+                    "SELECT count(*) FROM webhook.attempts a JOIN webhook.outbox o ON o.id = a.outbox_id
+                       JOIN webhook.endpoints e USING (endpoint_id)
+                      WHERE e.name = $1 AND (a.error IS NOT NULL) = {failed} AND a.relay IS NOT NULL
+                        AND a.started_at > now() - interval '15 minutes'"
+                ),
+                name,
+            )
+            .await;
+            assert_eq!(field(card, f), n.to_string(), "{name} {f}");
+        }
     }
     assert_eq!(field(card(&dom, "billing"), "state"), "paused");
     assert_eq!(field(card(&dom, "billing"), "pending"), "3");
     assert!(field(card(&dom, "billing"), "paused").contains("by hand"));
-    assert_eq!(field(card(&dom, "crm"), "failed"), "1");
+    assert_eq!(field(card(&dom, "crm"), "failed"), "8");
+    assert_eq!(field(card(&dom, "crm"), "delivered"), "8");
     assert_ne!(field(card(&dom, "billing"), "oldest_pending"), "-");
     assert_eq!(field(card(&dom, "legacy"), "state"), "disabled");
 
-    // The failure, its status and its response as text, not markup.
-    assert_eq!(dom.matches("class=\"failure\"").count(), 1, "{dom}");
+    // The failures, newest first: the one written by hand, its status and
+    // its response as text, not markup; then the relay's 8.
+    assert_eq!(dom.matches("class=\"failure\"").count(), 9, "{dom}");
     assert_eq!(field(&dom, "status"), "503");
     assert_eq!(
         field(&dom, "response"),
