@@ -341,3 +341,33 @@ async fn pause_after_off_never_pauses() {
     assert_eq!(health(&c, "crm").await.0, "running");
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pause_by_the_breaker_outlives_its_relay_and_the_next_relay_probes() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let (rx, up) = switchable().await;
+    let endpoint = "pause_after = \"1s\"\nprobe_interval = \"500ms\"\nretry_initial = \"100ms\"\n\
+                    retry_max = \"200ms\"\nmax_attempts = 100";
+    let relay = start_one(&db, "crm", &rx.url, endpoint).await;
+    enqueue(&c, 5).await;
+    wait_state(&c, "crm", "paused", WAIT).await;
+    relay.shutdown().await;
+
+    // No relay runs: the pause stays in the database.
+    assert_eq!(health(&c, "crm").await.0, "paused");
+    up.store(true, Ordering::SeqCst);
+    let relay = start_one(&db, "crm", &rx.url, endpoint).await;
+    // The new relay finds the breaker's pause, probes, and the first
+    // delivered probe resumes the endpoint.
+    wait_status(&c, "delivered", 5, "delivered after the restart", WAIT).await;
+    wait_state(&c, "crm", "running", WAIT).await;
+    assert_eq!(count_status(&c, "dead").await, 0);
+    let delivered_probes = one_i64(
+        &c,
+        "SELECT count(*) FROM webhook.attempts WHERE probe AND error IS NULL",
+    )
+    .await;
+    assert_eq!(delivered_probes, 1);
+    relay.shutdown().await;
+}
