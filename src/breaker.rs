@@ -223,7 +223,9 @@ fn log_change(shared: &Shared, ep: &Endpoint, before: Option<&State>, now: &Stat
         }
         _ => tracing::info!(endpoint = %name, "endpoint resumed; its backlog drains"),
     }
-    if was_paused.is_some() || change == "paused" {
+    // A pause found at start is logged, but not counted: this relay did not
+    // see it happen.
+    if was_paused.is_some() {
         shared
             .metrics
             .breaker_changes
