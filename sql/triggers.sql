@@ -74,16 +74,28 @@ $$;
 
 -- post_code_change: runs at commit (deferred constraint trigger), once per
 -- changed postcode row, and sends one event per buyer per transaction carrying
--- the list as committed. A transaction-local setting remembers which buyers
--- already had their event in this transaction.
+-- the list as committed. The event's id is derived from the transaction and
+-- the buyer (webhook.transaction_event_id), so the outbox row written for the
+-- buyer's first changed row is what the later rows find: one index probe
+-- each, whatever the number of buyers already changed (docs/dba.md, "Bulk
+-- changes"). An older version kept a custom setting per buyer, which made a
+-- bulk change cost time quadratic in the buyers.
+--
+-- The planner settings keep the probe on its index: plpgsql keeps the plan it
+-- made for the first rows, and at the start of a bulk change the outbox may
+-- be nearly empty, where a sequential scan looks cheaper and then runs once
+-- per row over a growing table. With sequential scans off the other plans
+-- cost enough to be compiled by JIT at every call, hence jit = off.
 CREATE OR REPLACE FUNCTION webhook_buyer_postcodes_events()
 RETURNS trigger
 LANGUAGE plpgsql
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     affected   text[];
     v_buyer_id text;
-    done_key   text;
+    v_event_id text;
     name       text;
     codes      jsonb;
 BEGIN
@@ -97,9 +109,8 @@ BEGIN
     END IF;
 
     FOREACH v_buyer_id IN ARRAY affected LOOP
-        done_key := 'webhook_postcode_event.b' || md5(v_buyer_id);
-        CONTINUE WHEN current_setting(done_key, true) = 'sent';
-        PERFORM set_config(done_key, 'sent', true);
+        v_event_id := webhook.transaction_event_id('post_code_change/' || v_buyer_id);
+        CONTINUE WHEN EXISTS (SELECT 1 FROM webhook.outbox o WHERE o.event_id = v_event_id);
 
         -- A buyer deleted in this same transaction has no postcodes and no name
         -- left: that is the end of the buyer, not a postcode change.
@@ -117,7 +128,7 @@ BEGIN
             'buyerId',      v_buyer_id,
             'businessName', name,
             'postCodeList', codes,
-            'eventCode',    'post_code_change'), v_buyer_id);
+            'eventCode',    'post_code_change'), v_buyer_id, v_event_id);
     END LOOP;
     RETURN NULL;
 END;

@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod breaker;
+mod bulk;
 mod cli;
 mod delivery;
 mod demo;
