@@ -6,6 +6,7 @@
 //! Every scenario checks its own correctness: no event lost, no duplicate,
 //! every signature valid, every row written back.
 
+mod bulk;
 mod receiver;
 
 use std::path::{Path, PathBuf};
@@ -85,6 +86,12 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// Bulk changes: one statement changing many buyers, with and without the triggers.
+    Bulk {
+        /// Numbers of buyers, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "25000,100000")]
+        sizes: Vec<i64>,
     },
     #[command(hide = true)]
     Receiver {
@@ -190,6 +197,7 @@ fn main() -> Result<()> {
                         seconds,
                         runs,
                     } => sustained(&bench, clients, seconds, runs).await,
+                    Cmd::Bulk { sizes } => bulk::bulk(&bench, &sizes).await,
                     _ => unreachable!("helper commands are handled above"),
                 }
             });
