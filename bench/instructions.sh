@@ -82,14 +82,21 @@ SQL
 psql_ -d bench -c "VACUUM ANALYZE" >/dev/null
 "${as_server[@]}" "$bindir/pg_ctl" -D "$data" -w stop >/dev/null
 
-# One sample: the case's set-up line, then `count` top-ups, one per line (in
-# single-user mode without -j each line is a statement and a transaction).
+# One sample: the case's set-up line, then `count` writes, one per line (in
+# single-user mode without -j each line is a statement and a transaction):
+# top-ups, or (kind "postcode") a new postcode for a buyer, whose event the
+# deferred trigger writes at commit. Postcodes are named after the sample's
+# size, so the samples of one case do not collide.
 sample() {
-    local setup=$1 count=$2 input="$work/in.sql" out="$work/callgrind.out"
+    local setup=$1 count=$2 kind=${3:-topup} input="$work/in.sql" out="$work/callgrind.out"
     {
         echo "$setup"
         for i in $(seq "$count"); do
-            echo "UPDATE buyer_credits SET balance = balance + 1 WHERE buyer_id = 'b$(( (i * 7919) % 10000 + 1 ))';"
+            if [ "$kind" = postcode ]; then
+                echo "INSERT INTO buyer_postcodes VALUES ('b$(( (i * 7919) % 10000 + 1 ))', 'Z$count-$i');"
+            else
+                echo "UPDATE buyer_credits SET balance = balance + 1 WHERE buyer_id = 'b$(( (i * 7919) % 10000 + 1 ))';"
+            fi
         done
     } >"$input"
     chmod 644 "$input"
@@ -132,11 +139,13 @@ drain() {
     grep -o 'Collected : [0-9]*' "$work/single.log" | awk '{ print $3 }'
 }
 
-reset="DROP TRIGGER IF EXISTS bench_bare ON buyer_credits; ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events; TRUNCATE webhook.outbox CASCADE;"
+reset="DROP TRIGGER IF EXISTS bench_bare ON buyer_credits; ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events; ALTER TABLE buyer_postcodes DISABLE TRIGGER webhook_events; TRUNCATE webhook.outbox CASCADE;"
 declare -A setup=(
     [no-trigger]="$reset"
     [bare-insert]="$reset CREATE TRIGGER bench_bare AFTER UPDATE ON buyer_credits FOR EACH ROW EXECUTE FUNCTION bench_bare_insert();"
     [reference-triggers]="$reset ALTER TABLE buyer_credits ENABLE TRIGGER webhook_events;"
+    [postcode-no-trigger]="$reset"
+    [postcode-trigger]="$reset ALTER TABLE buyer_postcodes ENABLE TRIGGER webhook_events;"
 )
 echo "# instructions per top-up (callgrind, single-user backend, $N and $((3 * N)) top-ups per sample)"
 echo "# $(postgres_version=$("$bindir/postgres" --version); echo "$postgres_version"); $(nproc) cores, $(uname -m)"
@@ -144,6 +153,11 @@ for case in no-trigger bare-insert reference-triggers; do
     small=$(sample "${setup[$case]}" "$N")
     large=$(sample "${setup[$case]}" $((3 * N)))
     printf '%-20s %8d instructions per top-up\n' "$case" $(( (large - small) / (2 * N) ))
+done
+for case in postcode-no-trigger postcode-trigger; do
+    small=$(sample "${setup[$case]}" "$N" postcode)
+    large=$(sample "${setup[$case]}" $((3 * N)) postcode)
+    printf '%-20s %8d instructions per postcode change (one new postcode, its own transaction)\n' "$case" $(( (large - small) / (2 * N) ))
 done
 small=$(drain $((4 * N)))
 large=$(drain $((12 * N)))

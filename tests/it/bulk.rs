@@ -163,6 +163,27 @@ async fn postcode_changes_of_20000_buyers_in_one_transaction() {
     .await
     .unwrap();
     assert_eq!(count_since(&c, after, "post_code_change").await, (0, 0));
+
+    // docs/dba.md's bulk change without events: the triggers off for one
+    // transaction, and on again for the next.
+    let after = last_id(&c).await;
+    c.batch_execute(
+        "BEGIN;
+         ALTER TABLE buyer_postcodes DISABLE TRIGGER webhook_events;
+         INSERT INTO buyer_postcodes SELECT 'b' || g, 'Q' FROM generate_series(1, 20000) g;
+         ALTER TABLE buyer_postcodes ENABLE TRIGGER webhook_events;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(count_since(&c, after, "post_code_change").await, (0, 0));
+    postcode_step(
+        &c,
+        "DELETE after the silent load",
+        "DELETE FROM buyer_postcodes",
+        BUYERS,
+    )
+    .await;
 }
 
 #[tokio::test]
