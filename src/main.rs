@@ -201,6 +201,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let path = cli.config.clone().unwrap_or_else(config::default_path);
             let cfg = Config::load(&path)?;
             let url = database_url(&cli, Some(&cfg))?;
+            if let Some(listen_url) = &cfg.listen_database_url {
+                db::check_url(listen_url)
+                    .map_err(|e| ConfigError(format!("listen_database_url: {e}")))?;
+            }
             runtime.block_on(relay::run_until_signal(cfg, url))?;
             Ok(ExitCode::SUCCESS)
         }

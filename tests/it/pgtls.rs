@@ -315,6 +315,20 @@ async fn migrate_status_and_replay_connect_in_tls_and_name_the_cause_of_a_failur
     assert!(code == 2 && text.contains("sslmode=\"verify\""), "{text}");
     let (code, text) = run(&["migrate"], &bare, &[("PGSSLMODE", "on")]);
     assert!(code == 2 && text.contains("sslmode=\"on\""), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    let endpoints = config_text("", &[("crm", "http://127.0.0.1:9/", "")]);
+    std::fs::write(
+        &file,
+        format!("listen_database_url = \"{bare}&sslmode=verify\"\n{endpoints}"),
+    )
+    .unwrap();
+    let config = file.display().to_string();
+    let (code, text) = run(&["run", "--config", &config], &url, &[]);
+    assert!(
+        code == 2 && text.contains("listen_database_url: database URL: sslmode=\"verify\""),
+        "{text}"
+    );
 }
 
 #[tokio::test]
