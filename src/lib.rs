@@ -27,7 +27,8 @@
 //! Shared ground and the other commands:
 //!
 //! - [`config`]: the TOML config file, its defaults and validation.
-//! - [`db`]: connecting to Postgres; the relay's reconnecting connections.
+//! - [`db`]: connecting to Postgres; the relay's reconnecting connections and their statements
+//!   (prepared, or unnamed behind a transaction pooler).
 //! - [`pgtls`]: libpq's `sslmode` and certificate parameters, and the rustls connector they drive.
 //! - [`migrate`]: embedded migrations, schema version check, endpoint mirror.
 //! - [`status`]: `outbox-relay status`, per-endpoint queue state as a table or JSON.
