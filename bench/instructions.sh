@@ -7,6 +7,7 @@
 #   bash bench/instructions.sh            # from the repository root
 #   N=2000 bash bench/instructions.sh     # more statements per sample
 #   KEEP=1 bash bench/instructions.sh     # keep the last sample's callgrind output
+#   ONLY=postcode bash bench/instructions.sh   # only the postcode-change cases
 #
 # Needs valgrind and the Postgres server binaries. Starts a throwaway cluster
 # in a temporary directory (as the `postgres` or `nobody` account when run as
@@ -85,15 +86,17 @@ psql_ -d bench -c "VACUUM ANALYZE" >/dev/null
 # One sample: the case's set-up line, then `count` writes, one per line (in
 # single-user mode without -j each line is a statement and a transaction):
 # top-ups, or (kind "postcode") a new postcode for a buyer, whose event the
-# deferred trigger writes at commit. Postcodes are named after the sample's
-# size, so the samples of one case do not collide.
+# deferred trigger writes at commit. Each sample's postcodes carry a prefix
+# of their own (nine digits of the clock), so that no two samples collide.
 sample() {
     local setup=$1 count=$2 kind=${3:-topup} input="$work/in.sql" out="$work/callgrind.out"
+    local tag
+    tag=$(printf '%09d' "$((10#$(date +%N)))")
     {
         echo "$setup"
         for i in $(seq "$count"); do
             if [ "$kind" = postcode ]; then
-                echo "INSERT INTO buyer_postcodes VALUES ('b$(( (i * 7919) % 10000 + 1 ))', 'Z$count-$i');"
+                echo "INSERT INTO buyer_postcodes VALUES ('b$(( (i * 7919) % 10000 + 1 ))', 'Z$tag-$i');"
             else
                 echo "UPDATE buyer_credits SET balance = balance + 1 WHERE buyer_id = 'b$(( (i * 7919) % 10000 + 1 ))';"
             fi
@@ -149,7 +152,8 @@ declare -A setup=(
 )
 echo "# instructions per top-up (callgrind, single-user backend, $N and $((3 * N)) top-ups per sample)"
 echo "# $(postgres_version=$("$bindir/postgres" --version); echo "$postgres_version"); $(nproc) cores, $(uname -m)"
-for case in no-trigger bare-insert reference-triggers; do
+# ONLY=postcode counts the postcode cases alone.
+[ "${ONLY:-}" = postcode ] || for case in no-trigger bare-insert reference-triggers; do
     small=$(sample "${setup[$case]}" "$N")
     large=$(sample "${setup[$case]}" $((3 * N)))
     printf '%-20s %8d instructions per top-up\n' "$case" $(( (large - small) / (2 * N) ))
@@ -159,6 +163,7 @@ for case in postcode-no-trigger postcode-trigger; do
     large=$(sample "${setup[$case]}" $((3 * N)) postcode)
     printf '%-20s %8d instructions per postcode change (one new postcode, its own transaction)\n' "$case" $(( (large - small) / (2 * N) ))
 done
+[ "${ONLY:-}" = postcode ] && exit 0
 small=$(drain $((4 * N)))
 large=$(drain $((12 * N)))
 printf '%-20s %8d instructions per event (the relay'"'"'s claim and write-back, %d and %d rows)\n' \
