@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use futures_util::SinkExt;
 use tokio_postgres::Client;
 
-use crate::{connect, Bench};
+use crate::{connect, median, Bench};
 
 /// One timed step: its name, the SQL (`{n}` stands for the number of buyers;
 /// None means a COPY of one postcode per buyer), and how many events it must
@@ -63,8 +63,8 @@ const BARE_INSERT: &str = "INSERT INTO webhook.outbox (event_id, event_code, pay
                            SELECT webhook.new_event_id(), 'add_credits', jsonb_build_object('n', g), 'b' || g, 1
                              FROM generate_series(1, {n}) g";
 
-pub async fn bulk(b: &Bench, sizes: &[i64]) -> Result<()> {
-    println!("## bulk: one statement or transaction changing many buyers, seconds");
+pub async fn bulk(b: &Bench, sizes: &[i64], runs: usize) -> Result<()> {
+    println!("## bulk: one statement or transaction changing many buyers, seconds (median of {runs})");
     println!("# with the reference triggers (events written) and without them (the same statement, triggers disabled)");
     let mut rows: Vec<(String, Vec<(f64, f64)>)> = STEPS
         .iter()
@@ -75,10 +75,16 @@ pub async fn bulk(b: &Bench, sizes: &[i64]) -> Result<()> {
         Vec::new(),
     ));
     for &n in sizes {
-        let with = run(b, n, true).await?;
-        let without = run(b, n, false).await?;
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..runs.max(1) {
+            with.push(run(b, n, true).await?);
+            without.push(run(b, n, false).await?);
+        }
         for (i, row) in rows.iter_mut().enumerate() {
-            row.1.push((with[i], without[i]));
+            row.1.push((
+                median(with.iter().map(|t| t[i]).collect()),
+                median(without.iter().map(|t| t[i]).collect()),
+            ));
         }
     }
     print!("{:<48}", "step");

@@ -8,6 +8,7 @@
 #   N=2000 bash bench/instructions.sh     # more statements per sample
 #   KEEP=1 bash bench/instructions.sh     # keep the last sample's callgrind output
 #   ONLY=postcode bash bench/instructions.sh   # only the postcode-change cases
+#   ONLY=bulk bash bench/instructions.sh       # bulk changes of 2,500 and 10,000 buyers
 #
 # Needs valgrind and the Postgres server binaries. Starts a throwaway cluster
 # in a temporary directory (as the `postgres` or `nobody` account when run as
@@ -152,6 +153,40 @@ declare -A setup=(
 )
 echo "# instructions per top-up (callgrind, single-user backend, $N and $((3 * N)) top-ups per sample)"
 echo "# $(postgres_version=$("$bindir/postgres" --version); echo "$postgres_version"); $(nproc) cores, $(uname -m)"
+# Bulk changes (ONLY=bulk): one statement or transaction changing n buyers,
+# n = 2,500 and 10,000, each sample from the same state (the extra 'Y'
+# postcodes removed and the outbox emptied with the triggers off, then the
+# triggers on). The count of a sample with the set-up alone is subtracted.
+bulk_sample() {
+    local n=$1 stmt=$2 input="$work/in.sql" out="$work/callgrind.out"
+    {
+        echo "$reset DELETE FROM buyer_postcodes WHERE postcode LIKE 'Y%'; ALTER TABLE buyer_credits ENABLE TRIGGER webhook_events; ALTER TABLE buyer_postcodes ENABLE TRIGGER webhook_events;"
+        [ "$n" = 0 ] || echo "${stmt//\{n\}/$n}"
+    } >"$input"
+    chmod 644 "$input"
+    "${as_server[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$bindir/postgres" --single -D "$data" bench <"$input" >"$work/single.log" 2>&1
+    if grep -q ERROR "$work/single.log"; then grep -m1 ERROR "$work/single.log" >&2; exit 1; fi
+    grep -o 'Collected : [0-9]*' "$work/single.log" | awk '{ print $3 }'
+}
+if [ "${ONLY:-}" = bulk ]; then
+    declare -A bulk=(
+        [insert-select]="INSERT INTO buyer_postcodes SELECT 'b' || g, 'Y' || g FROM generate_series(1, {n}) g;"
+        [replace]="BEGIN; DELETE FROM buyer_postcodes WHERE buyer_id IN (SELECT 'b' || g FROM generate_series(1, {n}) g) AND postcode = 'AB1'; INSERT INTO buyer_postcodes SELECT 'b' || g, 'AB1' FROM generate_series(1, {n}) g; COMMIT;"
+        [credits-update]="UPDATE buyer_credits SET balance = balance + 1 WHERE buyer_id IN (SELECT 'b' || g FROM generate_series(1, {n}) g);"
+        [enqueue]="SELECT count(webhook.enqueue('add_credits', jsonb_build_object('n', g), 'b' || g)) FROM generate_series(1, {n}) g;"
+    )
+    echo "# bulk: instructions of one statement changing n buyers, with the reference triggers"
+    base=$(bulk_sample 0 "")
+    for step in insert-select replace credits-update enqueue; do
+        small=$(( $(bulk_sample 2500 "${bulk[$step]}") - base ))
+        large=$(( $(bulk_sample 10000 "${bulk[$step]}") - base ))
+        printf '%-16s %6d per buyer at 2,500, %6d per buyer at 10,000: x%s for 4x the buyers\n' "$step" \
+            $(( small / 2500 )) $(( large / 10000 )) "$(awk -v a="$small" -v b="$large" 'BEGIN { printf "%.2f", b / a }')"
+    done
+    exit 0
+fi
+
 # ONLY=postcode counts the postcode cases alone.
 [ "${ONLY:-}" = postcode ] || for case in no-trigger bare-insert reference-triggers; do
     small=$(sample "${setup[$case]}" "$N")

@@ -92,6 +92,8 @@ enum Cmd {
         /// Numbers of buyers, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "25000,100000")]
         sizes: Vec<i64>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     #[command(hide = true)]
     Receiver {
@@ -197,7 +199,7 @@ fn main() -> Result<()> {
                         seconds,
                         runs,
                     } => sustained(&bench, clients, seconds, runs).await,
-                    Cmd::Bulk { sizes } => bulk::bulk(&bench, &sizes).await,
+                    Cmd::Bulk { sizes, runs } => bulk::bulk(&bench, &sizes, runs).await,
                     _ => unreachable!("helper commands are handled above"),
                 }
             });
