@@ -64,7 +64,9 @@ const BARE_INSERT: &str = "INSERT INTO webhook.outbox (event_id, event_code, pay
                              FROM generate_series(1, {n}) g";
 
 pub async fn bulk(b: &Bench, sizes: &[i64], runs: usize) -> Result<()> {
-    println!("## bulk: one statement or transaction changing many buyers, seconds (median of {runs})");
+    println!(
+        "## bulk: one statement or transaction changing many buyers, seconds (median of {runs})"
+    );
     println!("# with the reference triggers (events written) and without them (the same statement, triggers disabled)");
     let mut rows: Vec<(String, Vec<(f64, f64)>)> = STEPS
         .iter()
