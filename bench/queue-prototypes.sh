@@ -7,6 +7,7 @@
 #   bash bench/queue-prototypes.sh                   # every prototype
 #   ALTS="today b" bash bench/queue-prototypes.sh    # some of them
 #   N=1000 BATCHES="32" KEYS=100 bash bench/queue-prototypes.sh
+#   TIMING=1 ALTS="today b-final" ROUNDS=3 T=15 bash bench/queue-prototypes.sh
 #
 # For each prototype, a copy of the reference database gets the prototype's
 # schema (bench/queue/<name>-schema.sql and friends, applied on top of
@@ -45,9 +46,9 @@ declare -A schema=(
     [b]="$q/b-schema.sql $q/b-drain.sql"
     [b-hot]="$q/b-schema.sql $q/fillfactor.sql $q/b-drain.sql"
     [b-1stmt]="$q/b-schema.sql $q/fillfactor.sql $q/b-enqueue.sql $q/b-drain.sql"
-    [b-final]="$q/b-schema.sql $q/fillfactor.sql $q/b-enqueue.sql $q/cheap-event-id.sql $q/triggers-assign.sed $q/b-drain.sql"
-    [b-final-brin]="$q/b-schema.sql $q/fillfactor.sql $q/b-enqueue.sql $q/cheap-event-id.sql $q/triggers-assign.sed $q/event-id-brin.sql $q/b-drain.sql"
-    [b2-final]="$q/b-schema.sql $q/b-enqueue.sql $q/cheap-event-id.sql $q/triggers-assign.sed $q/b-drain.sql $q/b2-schema.sql"
+    [b-final]="$q/b-schema.sql $q/fillfactor.sql $q/b-enqueue.sql $q/cheap-event-id.sql $q/triggers-assign.sed $q/switch-on-endpoint.sql $q/b-drain.sql"
+    [b-final-brin]="$q/b-schema.sql $q/fillfactor.sql $q/b-enqueue.sql $q/cheap-event-id.sql $q/triggers-assign.sed $q/switch-on-endpoint.sql $q/event-id-brin.sql $q/b-drain.sql"
+    [b2-final]="$q/b-schema.sql $q/b-enqueue.sql $q/cheap-event-id.sql $q/triggers-assign.sed $q/switch-on-endpoint.sql $q/b-drain.sql $q/b2-schema.sql"
     [c]="$q/c-schema.sql"
 )
 b_statements="read=$q/b-read.sql complete=$q/b-complete.sql cursor=$q/b-cursor.sql"
@@ -63,6 +64,30 @@ declare -A statements=(
     [c]="claim=$q/c-claim.sql complete=$q/c-complete.sql"
 )
 
+# TIMING=1: seconds instead of instructions, on the running cluster, the
+# prototypes taking turns (ROUNDS rounds) since this VM's speed drifts:
+# pgbench top-ups through the triggers (8 clients, T seconds, relay stopped),
+# and one session draining a backlog of 20,000 events with the prototype's
+# statements (the database's side of a drain, without HTTP).
+timing() {
+    local round alt db tps secs
+    export PGOPTIONS="-c client_min_messages=warning"
+    printf '\\set b random(1, 10000)\nUPDATE buyer_credits SET balance = balance + 1 WHERE buyer_id = '"'"'b'"'"' || :b;\n' >"$work/topup.pgbench"
+    echo "# timing: pgbench -n -c 8 -j 2 -T ${T:-15} (top-ups, triggers on, relay stopped); drain of 20000 events, batches of 200"
+    echo "# $("$bindir/postgres" --version); $(nproc) cores, $(uname -m); shared_buffers=1GB, fsync on"
+    for round in $(seq "${ROUNDS:-3}"); do
+        for alt in $ALTS; do
+            db="q_${alt//-/_}"
+            psql_ -d "$db" -c "CALL bench_reset()" -c "ALTER TABLE buyer_credits ENABLE TRIGGER webhook_events" -c "CHECKPOINT" >/dev/null
+            tps=$(pgbench -n -h "$work" -p "$port" -U postgres -c 8 -j 2 -T "${T:-15}" -f "$work/topup.pgbench" "$db" 2>/dev/null \
+                | awk '/^tps/ { print int($3) }' | head -1)
+            psql_ -d "$db" -c "ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events" -c "CALL bench_backlog(20000, 20000)" -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
+            secs=$(psql_ -d "$db" -c '\timing on' -c "CALL bench_drain(200)" | awk '/^Time:/ { print $2 / 1000 }')
+            printf 'round %d %-13s top-ups %6d tps   drain %6d events/s\n' "$round" "$alt" "$tps" "$(awk -v s="$secs" 'BEGIN { print int(20000 / s) }')"
+        done
+    done
+}
+
 cg_init
 for alt in $ALTS; do
     [ -n "${schema[$alt]+x}" ] || { echo "queue-prototypes.sh: no prototype named $alt" >&2; exit 2; }
@@ -71,16 +96,23 @@ for alt in $ALTS; do
     for f in "$q/common.sql" ${schema[$alt]}; do
         case $f in
             # A sed script: applied to sql/triggers.sql, the result loaded.
-            *.sed) sed -f "$f" sql/triggers.sql | psql_ -d "$db" >/dev/null ;;
+            *.sed) sed -f "$f" sql/triggers.sql | PGOPTIONS='-c client_min_messages=warning' psql_ -d "$db" >/dev/null ;;
             *) psql_ -d "$db" -f "$f" >/dev/null ;;
         esac
     done
     for pair in ${statements[$alt]}; do
-        printf '\\set s `cat %s`\nINSERT INTO bench_stmt VALUES (%s, :%s);\n' "${pair#*=}" "'${pair%%=*}'" "'s'" \
+        # Without its comments: the relay parses a statement once, when it
+        # prepares it, and the benchmark at every execution.
+        sed -e 's/--.*$//' "${pair#*=}" >"$work/stmt.sql"
+        printf '\\set s `cat %s`\nINSERT INTO bench_stmt VALUES (%s, :%s);\n' "$work/stmt.sql" "'${pair%%=*}'" "'s'" \
             | psql_ -d "$db" >/dev/null
     done
     psql_ -d "$db" -c "VACUUM ANALYZE" >/dev/null
 done
+if [ -n "${TIMING:-}" ]; then
+    timing
+    exit 0
+fi
 cg_stop
 
 writer() {
