@@ -7,6 +7,7 @@
 #   bash bench/queue-prototypes.sh                   # every prototype
 #   ALTS="today b" bash bench/queue-prototypes.sh    # some of them
 #   N=1000 BATCHES="32" KEYS=100 bash bench/queue-prototypes.sh
+#   WRITER=0 ALTS="b-final" bash bench/queue-prototypes.sh   # the relay's side only
 #   TIMING=1 ALTS="today b-final" ROUNDS=3 T=15 bash bench/queue-prototypes.sh
 #
 # For each prototype, a copy of the reference database gets the prototype's
@@ -151,7 +152,8 @@ for b in $BATCHES; do header+=$(printf ' %11s %11s' "relay/$b" "unplanned"); don
 echo "$header"
 for alt in $ALTS; do
     db="q_${alt//-/_}"
-    w=$(writer "$db")
+    w=0
+    [ "${WRITER:-1}" = 0 ] || w=$(writer "$db")
     line=$(printf '%-13s %10d' "$alt" "$w")
     for b in $BATCHES; do
         r=($(relay "$db" "$b"))

@@ -19,7 +19,13 @@ DECLARE
     vers text[];
     n int;
 BEGIN
+    -- The relay's sessions: no sequential scans (as today), and no plain
+    -- index scans either. Every statement of this queue is a TID scan or a
+    -- bitmap scan; with plain index scans allowed, the planner walked all of
+    -- outbox_pkey for the write-back whenever that looked cheaper than 200
+    -- TID look-ups, a cost that grew with the table.
     SET enable_seqscan = off;
+    SET enable_indexscan = off;
     LOOP
         ids := '{}'; vers := '{}';
         tick := format('%s:%s:%s', running[1], x + batch, array_to_string(running, ','));

@@ -5,9 +5,8 @@ SELECT s.cur::text AS tick, o.id, o.event_id, o.ordering_key, o.payload, o.ctid
   LEFT JOIN LATERAL (
         SELECT o.id, o.event_id, o.ordering_key, o.payload::text AS payload, o.ctid::text AS ctid
           FROM webhook.outbox o
-         WHERE o.endpoint_id = $1
-           AND (o.xid >= $2::xid8 OR o.xid = ANY ($3::xid8[]))
-           AND o.xid < pg_snapshot_xmax(s.cur)
+         WHERE ((o.endpoint_id = $1 AND o.xid >= $2::xid8 AND o.xid < pg_snapshot_xmax(s.cur))
+                OR (o.endpoint_id = $1 AND o.xid = ANY ($3::xid8[])))
            AND pg_visible_in_snapshot(o.xid, s.cur)
            AND (hashtext(coalesce(o.ordering_key, o.event_id)) & 15) = ANY ($5::int[])
            AND NOT EXISTS (SELECT 1 FROM webhook.attempts a
