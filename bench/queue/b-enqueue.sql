@@ -18,12 +18,13 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION webhook.enqueue(event_code text, payload jsonb, ordering_key text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION webhook.enqueue(event_code text, payload jsonb, ordering_key text DEFAULT NULL,
+                                           event_id text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    new_event_id text := webhook.new_event_id();
+    new_event_id text := coalesce(enqueue.event_id, webhook.new_event_id());
     written integer;
 BEGIN
     IF event_code IS NULL OR payload IS NULL THEN

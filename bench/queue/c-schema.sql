@@ -19,15 +19,16 @@ CREATE TABLE webhook.key_heads (
 ) WITH (fillfactor = 50);
 CREATE INDEX key_heads_due ON webhook.key_heads (endpoint_id, next_attempt_at);
 
--- V5's webhook.enqueue with the head upsert in the same statement as the
+-- V6's webhook.enqueue with the head upsert in the same statement as the
 -- insert (the trigger's path; the two-statement path for a transaction
 -- without an id is left as in V5, unused here).
-CREATE OR REPLACE FUNCTION webhook.enqueue(event_code text, payload jsonb, ordering_key text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION webhook.enqueue(event_code text, payload jsonb, ordering_key text DEFAULT NULL,
+                                           event_id text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    new_event_id text := webhook.new_event_id();
+    new_event_id text := coalesce(enqueue.event_id, webhook.new_event_id());
     written integer;
     armed boolean;
 BEGIN
