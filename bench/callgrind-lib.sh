@@ -1,6 +1,7 @@
-# Shared by bench/instructions.sh and bench/queue-prototypes.sh: a throwaway
-# cluster with the reference schema, and single-user backends run under
-# callgrind. Source it from the repository root; it sets `bindir`, `work`,
+# For bench/queue-prototypes.sh: bench/instructions.sh's set-up as functions
+# (a throwaway cluster with the reference schema, and single-user backends
+# run under callgrind), so that the prototypes are counted exactly as today's
+# queue is. Source it from the repository root; it sets `bindir`, `work`,
 # `data`, `as_server` and defines the functions below.
 #
 # Needs valgrind and the Postgres server binaries. As root, the server runs as
