@@ -8,12 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{watch, OwnedSemaphorePermit};
-use tracing::Instrument as _;
+use tokio::sync::watch;
 
-use crate::deliver;
 use crate::dispatcher::{Endpoint, Shared};
-use crate::metrics::{ChangeLabels, EndpointLabels, ProbeLabels};
+use crate::metrics::{ChangeLabels, EndpointLabels};
 use crate::tally::Tally;
 
 /// Longest time between two reports (and reads of the paused state): how
@@ -237,137 +235,23 @@ fn log_change(shared: &Shared, ep: &Endpoint, before: Option<&State>, now: &Stat
     }
 }
 
-/// Claims a probe if it is this relay's turn, and sends it in the background.
+/// Takes the next probe if it is this relay's turn; the endpoint's loop
+/// sends it (src/dispatcher.rs), and its success resumes the endpoint.
 async fn probe(shared: &Arc<Shared>, ep: &Arc<Endpoint>) -> anyhow::Result<()> {
     // A free slot first, so a probe never exceeds max_in_flight.
-    let Ok(permit) = ep.slots.clone().try_acquire_owned() else {
+    if ep.slots.available_permits() == 0 {
         return Ok(());
-    };
+    }
     let conn = shared.db.conn().await?;
     let r = conn
         .query_opt(
-            &conn.st.claim_probe,
-            &[
-                &ep.id,
-                &ep.cfg.probe_interval.as_secs_f64(),
-                &shared.lease.as_secs_f64(),
-                &shared.relay_name,
-            ],
+            &conn.st.probe_turn,
+            &[&ep.id, &ep.cfg.probe_interval.as_secs_f64()],
         )
         .await;
     shared.db.report(&r);
-    let Some(row) = r? else { return Ok(()) };
-    let claimed = Probe {
-        id: row.get(0),
-        event_id: row.get(1),
-        attempts: row.get(2),
-        payload: row.get(3),
-        lease: row.get(4),
-        version: row.get(5),
-    };
-    let span = tracing::info_span!("probe", event_id = %claimed.event_id, endpoint = %ep.cfg.name);
-    shared
-        .tracker
-        .spawn(send_probe(shared.clone(), ep.clone(), claimed, permit).instrument(span));
-    Ok(())
-}
-
-struct Probe {
-    id: i64,
-    event_id: String,
-    attempts: i32,
-    payload: String,
-    lease: SystemTime,
-    version: String,
-}
-
-/// Sends one probe and writes its outcome; a delivered probe resumes the
-/// endpoint.
-async fn send_probe(
-    shared: Arc<Shared>,
-    ep: Arc<Endpoint>,
-    probe: Probe,
-    permit: OwnedSemaphorePermit,
-) {
-    let _permit = permit;
-    let attempt = tokio::select! {
-        a = deliver::attempt(shared.http.route(&ep.cfg.name), &ep.cfg, &ep.headers, shared.ssrf.as_deref(), &probe.event_id, probe.payload.clone()) => Some(a),
-        _ = shared.abort_deliveries.cancelled() => None,
-    };
-    let delivered = attempt.as_ref().is_some_and(|a| a.delivered());
-    if let Some(a) = &attempt {
-        ep.breaker.note(delivered, a.started_at);
-        shared.metrics.observe_attempt(&ep.cfg.name, a);
-        shared
-            .metrics
-            .probes
-            .get_or_create(&ProbeLabels {
-                endpoint: ep.cfg.name.clone(),
-                outcome: if delivered { "delivered" } else { "failed" },
-            })
-            .inc();
-        tracing::debug!(
-            status = a.status,
-            delivered,
-            attempts = probe.attempts,
-            "probe sent"
-        );
-    }
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match finish(&shared, &ep, &probe, attempt.as_ref()).await {
-            Ok(()) => break,
-            // The lease brings the row back if the database stays away.
-            Err(_) if shared.abort_deliveries.is_cancelled() => return,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "writing a probe's outcome failed; will retry");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-async fn finish(
-    shared: &Shared,
-    ep: &Endpoint,
-    probe: &Probe,
-    attempt: Option<&deliver::Attempt>,
-) -> anyhow::Result<()> {
-    let conn = shared.db.conn().await?;
-    let delivered = attempt.is_some_and(|a| a.delivered());
-    let started = attempt.map_or(SystemTime::now(), |a| a.started_at);
-    let ms = attempt.map_or(0, |a| a.elapsed.as_millis().min(i32::MAX as u128) as i32);
-    let status = attempt.and_then(|a| a.status).map(i32::from);
-    let body = attempt.and_then(|a| a.body.as_deref());
-    let error = attempt.and_then(|a| a.error.as_deref());
-    let r = conn
-        .execute(
-            &conn.st.probe_finish,
-            &[
-                &probe.id,
-                &probe.lease,
-                &probe.version,
-                &delivered,
-                &started,
-                &ms,
-                &status,
-                &body,
-                &error,
-                &shared.relay_name,
-                &attempt.is_some(),
-            ],
-        )
-        .await;
-    shared.db.report(&r);
-    r?;
-    if delivered {
-        let r = conn.query_one(&conn.st.resume_after_probe, &[&ep.id]).await;
-        shared.db.report(&r);
-        if r?.get::<_, bool>(0) {
-            // The next report logs the change (once) and wakes the loop.
-            tracing::debug!(endpoint = %ep.cfg.name, "probe delivered: resuming the endpoint");
-        }
+    if r?.is_some() {
+        ep.probe.notify_one();
     }
     Ok(())
 }

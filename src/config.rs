@@ -132,10 +132,22 @@ impl Default for RetentionConfig {
     }
 }
 
+/// How an endpoint's events are ordered (docs/delivery.md, "Order").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Events that share an `ordering_key` go one at a time, in commit order.
+    #[default]
+    Key,
+    /// No order: every event goes as soon as a slot is free.
+    None,
+}
+
 /// One `[[endpoint]]` table.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub name: String,
+    pub ordering: Ordering,
     pub url: url::Url,
     pub events: Vec<String>,
     /// The current secret first, then `previous_secrets`; each signs every request.
@@ -229,6 +241,7 @@ struct RawEndpoint {
     rate_limit: Option<Spanned<f64>>,
     burst: Option<Spanned<u32>>,
     max_in_flight: Option<Spanned<u32>>,
+    ordering: Option<Ordering>,
     #[serde(default)]
     headers: BTreeMap<String, Spanned<String>>,
     enabled: Option<bool>,
@@ -586,6 +599,7 @@ impl Config {
 
             endpoints.push(EndpointConfig {
                 name,
+                ordering: ep.ordering.unwrap_or_default(),
                 url: ep.url.0,
                 events,
                 secrets,

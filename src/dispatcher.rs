@@ -1,45 +1,54 @@
-//! One loop per endpoint: wait for a free in-flight slot, claim due rows, hand
-//! each to a delivery task; when nothing is due, arm the endpoint's wake-up
-//! switch and wait for a NOTIFY, the poll timer or shutdown (docs/wakeup.md).
+//! One loop per endpoint: follows the partitions this relay owns
+//! (src/queue/ownership.rs), reads their events from the log in commit order
+//! (src/queue/reader.rs), keeps each key's events in order
+//! (src/queue/keys.rs), sends each key's head under the endpoint's slots and
+//! rate limit, hands outcomes to the write-back, and moves the partitions'
+//! cursor; when nothing is new it arms the wake-up switch and waits for a
+//! NOTIFY, the poll timer or shutdown (docs/wakeup.md).
 //!
 //! Endpoints never share a queue or a slot, so a slow endpoint only ever
-//! holds up its own rows.
+//! holds up its own events; within an endpoint, a failing event holds up
+//! only its own key.
 
+mod reading;
+pub mod send;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::HeaderMap;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::breaker::Breaker;
-use crate::completer::{Completion, Done};
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, Ordering};
 use crate::db::Db;
 use crate::deliver;
-use crate::metrics::{Metrics, OutcomeLabels};
-use crate::retry::{self, NextStep, RetryPolicy};
+use crate::metrics::{Metrics, ProbeLabels};
+use crate::queue::cursor::Reads;
+use crate::queue::keys::{Keys, Outcome, Queued, Then, KEY_CAP};
+use crate::queue::ownership::{self, Owned};
+use crate::queue::reader::{self, Event, Scope, Source};
+use crate::queue::ticks::Tick;
+use crate::queue::writeback::Write;
+use crate::retry::RetryPolicy;
+use send::Sent;
 
-/// Pause after a claim that found fewer rows than it had slots for: the loop
-/// has caught up with the writers, and claiming again at once would mostly
-/// fetch one row per statement. Waiting a moment lets the next claim take a
-/// batch, which costs the database far less per row.
-const CAUGHT_UP_PAUSE: Duration = Duration::from_millis(1);
-/// With a deep queue, a claim waits up to GATHER_WAIT until this many slots
-/// are free (measured: drain 13,500 -> 15,800 deliveries/s, BENCHMARKS.md).
-const GATHER_SLOTS: usize = 8;
-const GATHER_WAIT: Duration = Duration::from_millis(1);
-/// Pause between the empty claims of a lingering loop.
-const LINGER_STEP: Duration = Duration::from_millis(1);
-/// Empty claims in a row before the loop arms its switch and waits.
-const LINGER_CLAIMS: u32 = 3;
-
-/// Longest pause between two checks while waiting for writers that were in
-/// progress when the switch was armed.
-const SETTLE_MAX_DELAY: Duration = Duration::from_millis(50);
+/// How often the cursor is written while it moves.
+const CURSOR_EVERY: Duration = Duration::from_millis(100);
+/// The cursor (and the counts in flight) are written at least this often.
+const CURSOR_AT_LEAST: Duration = Duration::from_secs(1);
+/// A retry is looked for this long after it is due, so its hold has committed.
+const RETRY_SLACK: Duration = Duration::from_millis(20);
+/// Most held heads or redeliveries taken by one look.
+const DUE_BATCH: i64 = 100;
+/// Wait after a failed statement before the next try.
+const ERROR_PAUSE: Duration = Duration::from_millis(200);
 
 /// An endpoint at run time: its config plus its limits.
 pub struct Endpoint {
@@ -51,6 +60,8 @@ pub struct Endpoint {
     pub policy: RetryPolicy,
     /// The circuit breaker's view of this endpoint (src/breaker.rs).
     pub breaker: Breaker,
+    /// Rung by the breaker when this relay is to send the endpoint's next probe.
+    pub probe: Notify,
 }
 
 impl Endpoint {
@@ -73,8 +84,13 @@ impl Endpoint {
                 no_retry_statuses: cfg.no_retry_statuses.clone(),
             },
             breaker: Breaker::default(),
+            probe: Notify::new(),
             cfg,
         }
+    }
+
+    fn ordered(&self) -> bool {
+        self.cfg.ordering == Ordering::Key
     }
 }
 
@@ -84,7 +100,7 @@ pub struct Shared {
     pub http: crate::egress::Clients,
     /// The SSRF guard, when on.
     pub ssrf: Option<Arc<crate::ssrf::Guard>>,
-    pub done: mpsc::Sender<Done>,
+    pub done: mpsc::Sender<Write>,
     pub metrics: Arc<Metrics>,
     pub relay_name: String,
     pub lease: Duration,
@@ -92,375 +108,642 @@ pub struct Shared {
     pub poll_interval: Duration,
     /// Delivery tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Stop claiming (graceful shutdown has begun).
+    /// Stop reading and sending (graceful shutdown has begun).
     pub stop_claiming: CancellationToken,
     /// Give up on requests still in flight (the shutdown deadline passed).
     pub abort_deliveries: CancellationToken,
 }
 
-/// A claimed row.
-struct Claimed {
-    id: i64,
-    event_id: String,
-    attempt: i32,
-    payload: String,
-    /// The claim's lease end, part of the write-back fence.
-    lease: SystemTime,
-    /// The row version the claim made (its ctid), part of the fence too.
-    version: String,
-}
-
-enum Wakeup {
-    /// Rows were found last time: the switch is (being) disarmed.
-    Busy,
-    /// Nothing was due, but rows came moments ago: look again shortly before
-    /// paying for the switch (arm, snapshot, settle). Under a steady trickle
-    /// the next row is usually found this way, without any NOTIFY.
-    Lingering { empty_claims: u32 },
-    /// Armed, waiting for writers that were in progress at arming to end.
-    Settling {
-        snapshot: String,
-        delay: Duration,
-        until: Instant,
-    },
-    /// Armed and settled: a NOTIFY will come for new rows.
-    Armed,
-}
-
-/// The loop for one endpoint; returns once `stop_claiming` is cancelled.
-pub async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, mut wake: watch::Receiver<u64>) {
-    let mut state = Wakeup::Busy;
-    let mut backoff = Duration::from_millis(50);
-    let stop = shared.stop_claiming.clone();
-    let want = shared.claim_batch.min(ep.cfg.max_in_flight) as usize;
-    let mut last_full = false;
-    let mut paused = ep.breaker.paused();
-    loop {
-        // 0. Paused (src/breaker.rs sends the probes): claim nothing, and
-        // leave the wake-up switch off so writers send no NOTIFY for it.
-        if *paused.borrow_and_update() {
-            disarm(&shared, &ep);
-            tracing::debug!(endpoint = %ep.cfg.name, "paused; not claiming");
-            loop {
-                tokio::select! {
-                    r = paused.changed() => if r.is_err() || !*paused.borrow_and_update() { break },
-                    _ = stop.cancelled() => return,
-                }
-            }
-            state = Wakeup::Busy;
-            last_full = false;
-        }
-
-        // 1. At least one free slot; take as many more as are free now.
-        let first = tokio::select! {
-            p = ep.slots.clone().acquire_owned() => p.expect("endpoint semaphores are never closed"),
-            _ = stop.cancelled() => break,
-        };
-        let mut permits = vec![first];
-        // Deep queue (the last claim was full): wait a moment for a few more
-        // slots, rather than pay a claim statement for every slot that frees.
-        let more = GATHER_SLOTS - 1;
-        if last_full && want >= GATHER_SLOTS && ep.slots.available_permits() < more {
-            let gather = ep.slots.clone().acquire_many_owned(more as u32);
-            if let Ok(Ok(mut p)) = tokio::time::timeout(GATHER_WAIT, gather).await {
-                while p.num_permits() > 1 {
-                    permits.push(p.split(1).expect("more than one permit left"));
-                }
-                permits.push(p);
-            }
-        }
-        while permits.len() < want {
-            match ep.slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-
-        // 2. Claim (after the settle check, when settling).
-        tracing::trace!(endpoint = %ep.cfg.name, slots = permits.len(), "claiming");
-        let step = claim_step(&shared, &ep, &state, permits.len()).await;
-        let (settled, rows) = match step {
-            Ok(v) => {
-                backoff = Duration::from_millis(50);
-                v
-            }
-            Err(e) => {
-                drop(permits);
-                tracing::warn!(endpoint = %ep.cfg.name, error = %format!("{e:#}"), "claiming failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                state = Wakeup::Busy;
-                last_full = false;
-                continue;
-            }
-        };
-
-        tracing::trace!(endpoint = %ep.cfg.name, rows = rows.len(), "claimed");
-        last_full = !rows.is_empty() && rows.len() == permits.len();
-        if !rows.is_empty() {
-            if !matches!(state, Wakeup::Busy | Wakeup::Lingering { .. }) {
-                disarm(&shared, &ep);
-                state = Wakeup::Busy;
-            }
-            let caught_up = rows.len() < permits.len();
-            for (row, permit) in rows.into_iter().zip(permits) {
-                let (shared2, ep2) = (shared.clone(), ep.clone());
-                let span = tracing::info_span!("deliver", event_id = %row.event_id, endpoint = %ep.cfg.name, attempt = row.attempt);
-                shared
-                    .tracker
-                    .spawn(deliver_row(shared2, ep2, row, permit).instrument(span));
-            }
-            if caught_up {
-                tokio::select! {
-                    _ = tokio::time::sleep(CAUGHT_UP_PAUSE) => {}
-                    _ = stop.cancelled() => break,
-                }
-            }
-            continue;
-        }
-        drop(permits);
-
-        // 3. Nothing due.
-        state = match state {
-            Wakeup::Busy => Wakeup::Lingering { empty_claims: 1 },
-            Wakeup::Lingering { empty_claims } if empty_claims < LINGER_CLAIMS => {
-                Wakeup::Lingering {
-                    empty_claims: empty_claims + 1,
-                }
-            }
-            Wakeup::Lingering { .. } => match arm(&shared, &ep).await {
-                Ok(snapshot) => Wakeup::Settling {
-                    snapshot,
-                    delay: Duration::from_millis(1),
-                    until: Instant::now() + shared.poll_interval,
-                },
-                Err(e) => {
-                    tracing::warn!(endpoint = %ep.cfg.name, error = %format!("{e:#}"), "arming the wake-up failed; polling");
-                    Wakeup::Busy
-                }
-            },
-            Wakeup::Settling { .. } if settled == Some(true) => Wakeup::Armed,
-            Wakeup::Settling {
-                snapshot,
-                delay,
-                until,
-            } if Instant::now() < until => {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = wake.changed() => {}
-                    _ = stop.cancelled() => break,
-                }
-                Wakeup::Settling {
-                    snapshot,
-                    delay: (delay * 2).min(SETTLE_MAX_DELAY),
-                    until,
-                }
-            }
-            // Still unsettled after a whole poll interval (a long transaction
-            // elsewhere): stop waiting for it; the poll timer covers it.
-            Wakeup::Settling { .. } | Wakeup::Armed => Wakeup::Armed,
-        };
-        if matches!(state, Wakeup::Lingering { .. }) {
-            tokio::select! {
-                _ = tokio::time::sleep(LINGER_STEP) => {}
-                _ = stop.cancelled() => break,
-            }
-            continue;
-        }
-        if matches!(state, Wakeup::Armed) {
-            tokio::select! {
-                _ = wake.changed() => {}
-                _ = paused.changed() => {}
-                _ = tokio::time::sleep(shared.poll_interval) => {
-                    // Another relay may have disarmed the switch while busy.
-                    if let Ok(conn) = shared.db.conn().await {
-                        let r = conn.execute(&conn.st.arm, &[&ep.id]).await;
-                        shared.db.report(&r);
-                    }
-                }
-                _ = stop.cancelled() => break,
-            }
-        }
-    }
-}
-
-/// The settle check (when settling) and the claim, in that order.
-async fn claim_step(
-    shared: &Shared,
-    ep: &Endpoint,
-    state: &Wakeup,
-    n: usize,
-) -> anyhow::Result<(Option<bool>, Vec<Claimed>)> {
-    let conn = shared.db.conn().await?;
-    let settled = match state {
-        Wakeup::Settling { snapshot, .. } => {
-            let r = conn.query_one(&conn.st.settled, &[snapshot]).await;
-            shared.db.report(&r);
-            Some(r?.get::<_, bool>(0))
-        }
-        _ => None,
-    };
-    let lease_secs = shared.lease.as_secs_f64();
-    let r = conn
-        .query(
-            &conn.st.claim,
-            &[&ep.id, &(n as i64), &lease_secs, &shared.relay_name],
-        )
-        .await;
-    shared.db.report(&r);
-    let rows = r?
-        .into_iter()
-        .map(|r| Claimed {
-            id: r.get(0),
-            event_id: r.get(1),
-            attempt: r.get(2),
-            payload: r.get(3),
-            lease: r.get(4),
-            version: r.get(5),
-        })
-        .collect();
-    Ok((settled, rows))
-}
-
-/// Arms the switch, then (after that has committed) takes the snapshot of
-/// transactions still in progress.
-async fn arm(shared: &Shared, ep: &Endpoint) -> anyhow::Result<String> {
-    let conn = shared.db.conn().await?;
-    let r = conn.execute(&conn.st.arm, &[&ep.id]).await;
-    shared.db.report(&r);
-    r?;
-    let r = conn.query_one(&conn.st.snapshot, &[]).await;
-    shared.db.report(&r);
-    Ok(r?.get(0))
-}
-
-/// Disarms the switch without waiting: the claim path must not pay a round
-/// trip for it, and a lost disarm only costs writers a NOTIFY.
-fn disarm(shared: &Arc<Shared>, ep: &Arc<Endpoint>) {
-    let (shared, ep) = (shared.clone(), ep.clone());
-    tokio::spawn(async move {
-        if let Ok(conn) = shared.db.conn().await {
-            let r = conn.execute(&conn.st.disarm, &[&ep.id]).await;
-            shared.db.report(&r);
-        }
-    });
-}
-
-/// Delivers one claimed row and reports the outcome to the completer.
-async fn deliver_row(
+/// One endpoint's loop state.
+struct Loop {
     shared: Arc<Shared>,
     ep: Arc<Endpoint>,
-    row: Claimed,
-    permit: OwnedSemaphorePermit,
-) {
-    let _permit = permit;
-    let send = |done: Done| {
-        let tx = shared.done.clone();
-        async move {
-            // The completer outlives every delivery task; a send can only fail
-            // if it died, and then the lease brings the row back.
-            let _ = tx.send(done).await;
-        }
-    };
+    keys: Keys<Event>,
+    reads: Reads,
+    reading: reading::Reading,
+    /// Partitions held, by which taking of them.
+    known: BTreeMap<i32, u64>,
+    /// Partitions being given back (no longer read).
+    giving_back: BTreeSet<i32>,
+    owned: Owned,
+    to_park: Vec<Event>,
+    park_at: Instant,
+    fetches: Vec<(String, i64)>,
+    fetch_at: Instant,
+    holds_at: Instant,
+    redeliveries_at: Instant,
+    cursor_at: Instant,
+    cursor_written_at: Instant,
+    /// The newest settled tick, and whether it is written.
+    cursor: Option<(Tick, bool)>,
+    in_flight: usize,
+    back: mpsc::UnboundedSender<Sent>,
+}
 
-    if row.attempt as u32 > ep.cfg.max_attempts {
-        // Earlier claims expired without an outcome (their relays died).
-        send(Done::Attempted(Completion {
-            id: row.id,
-            attempt: row.attempt,
-            lease: row.lease,
-            version: row.version,
-            status: "dead",
-            started_at: SystemTime::now(),
-            ms: 0,
-            response_status: None,
-            response_body: None,
-            error: Some("gave up: max_attempts used up by claims whose lease expired".into()),
-            next_attempt_at: None,
-        }))
-        .await;
-        return;
+/// The loop for one endpoint; returns once `stop_claiming` is cancelled and
+/// everything it had in flight is written back.
+pub async fn run_endpoint(
+    shared: Arc<Shared>,
+    ep: Arc<Endpoint>,
+    mut wake: watch::Receiver<u64>,
+    mut owned: watch::Receiver<Owned>,
+) {
+    let (back, mut sent_rx) = mpsc::unbounded_channel();
+    let now = Instant::now();
+    let mut l = Loop {
+        reading: reading::Reading::new(shared.poll_interval),
+        shared,
+        ep,
+        keys: Keys::default(),
+        reads: Reads::default(),
+        known: BTreeMap::new(),
+        giving_back: BTreeSet::new(),
+        owned: Owned::default(),
+        to_park: Vec::new(),
+        park_at: now,
+        fetches: Vec::new(),
+        fetch_at: now,
+        holds_at: now,
+        redeliveries_at: now,
+        cursor_at: now,
+        cursor_written_at: now,
+        cursor: None,
+        in_flight: 0,
+        back,
+    };
+    let stop = l.shared.stop_claiming.clone();
+    let mut paused = l.ep.breaker.paused();
+    loop {
+        let is_paused = *paused.borrow_and_update();
+        if owned.has_changed().unwrap_or(false) {
+            let o = owned.borrow_and_update().clone();
+            l.apply_ownership(o).await;
+        }
+        l.park_and_fetch().await;
+        if !is_paused {
+            l.poll_due().await;
+        }
+        l.read_step(is_paused).await;
+        if !is_paused {
+            l.dispatch(false);
+        }
+        l.move_cursor().await;
+        l.give_back_idle().await;
+
+        let next = l.next_wake(is_paused);
+        tokio::select! {
+            Some(sent) = sent_rx.recv() => {
+                l.handle(sent).await;
+                while let Ok(sent) = sent_rx.try_recv() {
+                    l.handle(sent).await;
+                }
+            }
+            _ = tokio::time::sleep_until(next) => {}
+            r = wake.changed(), if l.reading.listens() => {
+                if r.is_ok() {
+                    l.woken();
+                }
+            }
+            _ = owned.changed() => {}
+            _ = paused.changed() => {}
+            _ = l.ep.probe.notified() => l.probe().await,
+            _ = stop.cancelled() => break,
+        }
+    }
+    l.shut_down(&mut sent_rx).await;
+}
+
+impl Loop {
+    fn scope<'a>(&self, parts: &'a [i32]) -> Scope<'a> {
+        Scope {
+            endpoint: self.ep.id,
+            mask: self.owned.partitions - 1,
+            parts,
+            ordered: self.ep.ordered(),
+        }
     }
 
-    if let Some(limiter) = &ep.limiter {
-        tokio::select! {
-            _ = limiter.until_ready() => {}
-            // Not started yet: give it back at once rather than wait.
-            _ = shared.stop_claiming.cancelled() => {
-                send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease, version: row.version }).await;
-                return;
+    /// Partitions whose events this relay may send now.
+    fn lease_ok(&self) -> bool {
+        let margin = self.ep.cfg.timeout + Duration::from_secs(1);
+        self.owned
+            .lease_until
+            .is_some_and(|until| Instant::now() + margin < until)
+    }
+
+    fn woken(&mut self) {
+        let now = Instant::now();
+        self.reading.woken();
+        self.holds_at = now;
+        self.redeliveries_at = now;
+    }
+
+    fn next_wake(&self, paused: bool) -> Instant {
+        let mut next = self.cursor_at.max(Instant::now() + Duration::from_millis(1));
+        if let Some(at) = self.reading.next_read(self.keys.in_memory()) {
+            next = next.min(at);
+        }
+        if !paused {
+            next = next.min(self.holds_at).min(self.redeliveries_at);
+        }
+        if !self.to_park.is_empty() {
+            next = next.min(self.park_at);
+        }
+        if !self.fetches.is_empty() {
+            next = next.min(self.fetch_at);
+        }
+        next.max(Instant::now())
+    }
+
+    /// Follows the partitions the ownership task says this relay holds.
+    async fn apply_ownership(&mut self, o: Owned) {
+        let lost: Vec<i32> = self
+            .known
+            .iter()
+            .filter(|(p, taken)| o.parts.get(p).map(|h| h.taken) != Some(**taken))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in lost {
+            tracing::info!(endpoint = %self.ep.cfg.name, partition = p, "partition no longer owned");
+            self.lose(p);
+        }
+        self.owned = o;
+        let fresh: Vec<(i32, Tick)> = self
+            .owned
+            .parts
+            .iter()
+            .filter(|(p, _)| !self.known.contains_key(p))
+            .map(|(p, h)| (*p, h.tick.clone()))
+            .collect();
+        if !fresh.is_empty() {
+            let parts: Vec<i32> = fresh.iter().map(|(p, _)| *p).collect();
+            self.load_holds(&parts).await;
+            self.reading.catch_up(fresh);
+        }
+        self.known = self
+            .owned
+            .parts
+            .iter()
+            .map(|(p, h)| (*p, h.taken))
+            .collect();
+        self.giving_back.retain(|p| self.known.contains_key(p));
+        // Over the share (another relay has come): give the highest back.
+        let keep = self.owned.share.max(1);
+        let active: Vec<i32> = self
+            .known
+            .keys()
+            .copied()
+            .filter(|p| !self.giving_back.contains(p))
+            .collect();
+        if active.len() > keep {
+            for p in &active[keep..] {
+                self.giving_back.insert(*p);
+                self.reading.stop_reading(*p);
             }
         }
     }
 
-    let attempt = tokio::select! {
-        a = deliver::attempt(shared.http.route(&ep.cfg.name), &ep.cfg, &ep.headers, shared.ssrf.as_deref(), &row.event_id, row.payload) => a,
-        _ = shared.abort_deliveries.cancelled() => {
-            tracing::info!("shutdown deadline passed mid-request; the row goes back to pending");
-            send(Done::Released { id: row.id, attempt: row.attempt, lease: row.lease, version: row.version }).await;
+    /// Held keys and keys with parked events of newly taken partitions.
+    async fn load_holds(&mut self, parts: &[i32]) {
+        let mut backoff = ERROR_PAUSE;
+        let loaded = loop {
+            let r = async {
+                let conn = self.shared.db.conn().await?;
+                reader::holds_load(&conn, &self.scope(parts)).await
+            }
+            .await;
+            match r {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "loading held keys failed; will retry");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if self.shared.stop_claiming.is_cancelled() {
+                        return;
+                    }
+                }
+            }
+        };
+        for (key, held_by, part) in loaded {
+            match held_by {
+                Some(id) => self.keys.load_held(&key, id, part),
+                None => {
+                    if let Then::FetchParked { key, after } = self.keys.load_parked(&key, part) {
+                        self.fetches.push((key, after));
+                    }
+                }
+            }
+        }
+        self.holds_at = Instant::now();
+    }
+
+    /// The partition is gone: its waiting events leave memory (their rows
+    /// are the new owner's now).
+    fn lose(&mut self, p: i32) {
+        for ev in self.keys.drop_partition(p) {
+            ev.token.settle();
+        }
+        self.to_park.retain(|e| e.partition != p);
+        self.reading.forget(p);
+        self.giving_back.remove(&p);
+        self.known.remove(&p);
+    }
+
+    /// Parks what waits behind held keys, and fetches parked events of keys
+    /// that moved on.
+    async fn park_and_fetch(&mut self) {
+        let now = Instant::now();
+        if !self.to_park.is_empty() && now >= self.park_at {
+            let r = async {
+                let conn = self.shared.db.conn().await?;
+                reader::park(&conn, self.ep.id, &self.to_park).await
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    let mut per_key: BTreeMap<String, u32> = BTreeMap::new();
+                    for ev in self.to_park.drain(..) {
+                        if let Some(k) = &ev.key {
+                            *per_key.entry(k.clone()).or_default() += 1;
+                        }
+                        ev.token.settle();
+                    }
+                    for (k, n) in per_key {
+                        let t = self.keys.parking_done(&k, n);
+                        self.then(t);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "parking events failed; will retry");
+                    self.park_at = now + ERROR_PAUSE;
+                }
+            }
+        }
+        if !self.fetches.is_empty() && now >= self.fetch_at {
+            let asked = std::mem::take(&mut self.fetches);
+            let parts: Vec<i32> = self.known.keys().copied().collect();
+            let r = async {
+                let conn = self.shared.db.conn().await?;
+                reader::parked_fetch(&conn, &self.scope(&parts), &asked, KEY_CAP as i64).await
+            }
+            .await;
+            match r {
+                Ok(rows) => {
+                    let mut by_key: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+                    for ev in rows {
+                        by_key
+                            .entry(ev.key.clone().unwrap_or_default())
+                            .or_default()
+                            .push(ev);
+                    }
+                    for (key, _) in asked {
+                        let rows = by_key.remove(&key).unwrap_or_default();
+                        let t = self.keys.parked_fetched(&key, rows, KEY_CAP);
+                        self.then(t);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "fetching parked events failed; will retry");
+                    for (key, _) in asked {
+                        let t = self.keys.fetch_failed(&key);
+                        self.then(t);
+                    }
+                    self.fetch_at = now + ERROR_PAUSE;
+                }
+            }
+        }
+    }
+
+    fn then(&mut self, t: Then<Event>) {
+        match t {
+            Then::Nothing => {}
+            Then::Park(evs) => self.to_park.extend(evs),
+            Then::FetchParked { key, after } => self.fetches.push((key, after)),
+        }
+    }
+
+    /// Held heads whose retry is due, and redeliveries.
+    async fn poll_due(&mut self) {
+        let now = Instant::now();
+        let parts: Vec<i32> = self.known.keys().copied().collect();
+        if parts.is_empty() {
             return;
         }
-    };
-
-    ep.breaker.note(attempt.delivered(), attempt.started_at);
-    let ms = attempt.elapsed.as_millis().min(i32::MAX as u128) as i32;
-    shared.metrics.observe_attempt(&ep.cfg.name, &attempt);
-
-    let (status, next_attempt_at, error, outcome) = if attempt.delivered() {
-        tracing::debug!(status = attempt.status, ms, "delivered");
-        ("delivered", None, None, "delivered")
-    } else {
-        let error = attempt.error.clone().unwrap_or_default();
-        match retry::next_step(
-            &ep.policy,
-            row.attempt as u32,
-            attempt.status,
-            attempt.retry_after,
-            retry::jitter_unit(),
-        ) {
-            NextStep::Retry(delay) => {
-                tracing::info!(status = attempt.status, ms, error = %error, retry_in = %humantime::format_duration(delay), "attempt failed; will retry");
-                (
-                    "pending",
-                    Some(SystemTime::now() + delay),
-                    Some(error),
-                    "retry",
-                )
+        if now >= self.holds_at {
+            self.holds_at = now + self.shared.poll_interval;
+            let in_flight = self.keys.held_in_flight();
+            let r = async {
+                let conn = self.shared.db.conn().await?;
+                reader::holds_due(&conn, &self.scope(&parts), &in_flight, DUE_BATCH, false).await
             }
-            NextStep::Dead(reason) => {
-                tracing::warn!(status = attempt.status, ms, error = %error, reason, "attempt failed; giving up");
-                (
-                    "dead",
-                    None,
-                    Some(format!("{error}; gave up: {reason}")),
-                    "dead",
-                )
+            .await;
+            match r {
+                Ok(heads) => {
+                    if heads.len() as i64 == DUE_BATCH {
+                        self.holds_at = now;
+                    }
+                    for ev in heads {
+                        self.keys.ready_held(ev);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "reading due retries failed; will retry");
+                }
             }
         }
-    };
-    shared
-        .metrics
-        .attempts
-        .get_or_create(&OutcomeLabels {
-            endpoint: ep.cfg.name.clone(),
-            outcome,
-        })
-        .inc();
-    send(Done::Attempted(Completion {
-        id: row.id,
-        attempt: row.attempt,
-        lease: row.lease,
-        version: row.version,
-        status,
-        started_at: attempt.started_at,
-        ms,
-        response_status: attempt.status.map(i32::from),
-        response_body: attempt.body,
-        error,
-        next_attempt_at,
-    }))
-    .await;
+        if now >= self.redeliveries_at {
+            self.redeliveries_at = now + self.shared.poll_interval;
+            let in_flight = self.keys.loose_in_flight();
+            let r = async {
+                let conn = self.shared.db.conn().await?;
+                reader::redeliveries_due(&conn, &self.scope(&parts), &in_flight, DUE_BATCH).await
+            }
+            .await;
+            match r {
+                Ok(evs) => {
+                    if evs.len() as i64 == DUE_BATCH {
+                        self.redeliveries_at = now;
+                    }
+                    for ev in evs {
+                        self.keys.push_loose(ev);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "reading redeliveries failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Sends what is ready, while slots are free and the leases allow.
+    fn dispatch(&mut self, probe: bool) {
+        while self.lease_ok() || probe {
+            let Ok(permit) = self.ep.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some(ev) = self.keys.next_ready() else {
+                break;
+            };
+            self.in_flight += 1;
+            let span = tracing::info_span!("deliver", event_id = %ev.event_id, endpoint = %self.ep.cfg.name, attempt = ev.attempts + 1, probe);
+            self.shared.tracker.spawn(
+                send::send(
+                    self.shared.clone(),
+                    self.ep.clone(),
+                    ev,
+                    permit,
+                    probe,
+                    self.back.clone(),
+                )
+                .instrument(span),
+            );
+            if probe {
+                break;
+            }
+        }
+    }
+
+    /// This relay's turn to probe the paused endpoint: the oldest head it
+    /// has, or a held head.
+    async fn probe(&mut self) {
+        if !self.keys.has_ready() {
+            let parts: Vec<i32> = self.known.keys().copied().collect();
+            if parts.is_empty() {
+                return;
+            }
+            let in_flight = self.keys.held_in_flight();
+            let r = async {
+                let conn = self.shared.db.conn().await?;
+                reader::holds_due(&conn, &self.scope(&parts), &in_flight, 1, true).await
+            }
+            .await;
+            if let Ok(heads) = r {
+                for ev in heads {
+                    self.keys.ready_held(ev);
+                }
+            }
+        }
+        self.dispatch(true);
+    }
+
+    /// An attempt came back.
+    async fn handle(&mut self, sent: Sent) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Sent { ev, probe, result } = sent;
+        let (c, delivered) = match result {
+            send::Result::Abandoned => return,
+            send::Result::Attempted { c, delivered } => (c, delivered),
+        };
+        if probe {
+            self.shared
+                .metrics
+                .probes
+                .get_or_create(&ProbeLabels {
+                    endpoint: self.ep.cfg.name.clone(),
+                    outcome: if delivered { "delivered" } else { "failed" },
+                })
+                .inc();
+        }
+        if probe && !delivered {
+            let w = Write::ProbeFailed {
+                id: c.id,
+                attempt: c.attempt,
+                started_at: c.started_at,
+                ms: c.ms,
+                response_status: c.response_status,
+                response_body: c.response_body,
+                error: c.error,
+            };
+            self.keys.probe_failed(ev);
+            let _ = self.shared.done.send(w).await;
+            return;
+        }
+        let retry = c.status == "pending";
+        if let Some(at) = c.next_attempt_at {
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            let due = Instant::now() + wait + RETRY_SLACK;
+            if ev.key().is_some() {
+                self.holds_at = self.holds_at.min(due);
+            } else {
+                self.redeliveries_at = self.redeliveries_at.min(due);
+            }
+        }
+        let loose = ev.key().is_none();
+        let t = match ev.key() {
+            Some(k) => {
+                let outcome = if retry { Outcome::Retry } else { Outcome::Settled };
+                self.keys.finished(k, ev.id, ev.partition, outcome)
+            }
+            None => {
+                self.keys.finished_loose(ev.id, ev.partition);
+                Then::Nothing
+            }
+        };
+        self.then(t);
+        let w = Write::Outcome {
+            c,
+            key: ev.key.clone(),
+            parked: ev.source == Source::Parked,
+            redelivery: loose,
+            token: ev.token,
+        };
+        let _ = self.shared.done.send(w).await;
+        if probe && delivered {
+            self.resume_after_probe().await;
+        }
+    }
+
+    async fn resume_after_probe(&self) {
+        let r = async {
+            let conn = self.shared.db.conn().await?;
+            let r = conn
+                .query_one(&conn.st.resume_after_probe, &[&self.ep.id])
+                .await;
+            self.shared.db.report(&r);
+            Ok::<bool, anyhow::Error>(r?.get(0))
+        }
+        .await;
+        match r {
+            Ok(true) => {
+                tracing::debug!(endpoint = %self.ep.cfg.name, "probe delivered: resuming the endpoint")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "resuming after a probe failed; the next report retries")
+            }
+        }
+    }
+
+    /// Moves the cursor when reads have settled (at most every
+    /// CURSOR_EVERY), with the counts in flight.
+    async fn move_cursor(&mut self) {
+        let now = Instant::now();
+        if now < self.cursor_at {
+            return;
+        }
+        self.cursor_at = now + CURSOR_EVERY;
+        if let Some(t) = self.reads.advance() {
+            self.cursor = Some((t, false));
+        }
+        let due = now >= self.cursor_written_at + CURSOR_AT_LEAST;
+        let Some((tick, written)) = &self.cursor else {
+            return;
+        };
+        if *written && !due {
+            return;
+        }
+        let tick = tick.clone();
+        if self.write_cursor(&tick).await.is_ok() {
+            self.cursor = Some((tick, true));
+            self.cursor_written_at = now;
+        }
+    }
+
+    async fn write_cursor(&self, tick: &Tick) -> anyhow::Result<()> {
+        let parts: Vec<i32> = self
+            .known
+            .keys()
+            .copied()
+            .filter(|p| !self.giving_back.contains(p))
+            .collect();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let counts = self.keys.in_flight_by_partition();
+        let n: Vec<i32> = parts
+            .iter()
+            .map(|p| counts.get(p).copied().unwrap_or(0) as i32)
+            .collect();
+        let r = async {
+            let conn = self.shared.db.conn().await?;
+            reader::write_cursor(&conn, self.ep.id, tick, &parts, &n, &self.shared.relay_name)
+                .await
+        }
+        .await;
+        if let Err(e) = &r {
+            tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "moving the cursor failed; will retry");
+        }
+        r
+    }
+
+    /// Gives back partitions over the share once nothing of theirs is in flight.
+    async fn give_back_idle(&mut self) {
+        let counts = self.keys.in_flight_by_partition();
+        let idle: Vec<i32> = self
+            .giving_back
+            .iter()
+            .copied()
+            .filter(|p| !counts.contains_key(p) && !self.reading.catching_up(*p))
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let tick = self.cursor.as_ref().map(|(t, _)| t.clone());
+        match ownership::give_back(
+            &self.shared.db,
+            self.ep.id,
+            &self.shared.relay_name,
+            &idle,
+            tick.as_ref(),
+        )
+        .await
+        {
+            Ok(()) => {
+                for p in idle {
+                    tracing::info!(endpoint = %self.ep.cfg.name, partition = p, "partition given back");
+                    self.lose(p);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "giving partitions back failed; will retry")
+            }
+        }
+    }
+
+    /// Graceful shutdown: nothing new is read or sent; what is in flight
+    /// finishes (or is abandoned at the deadline) and is written back; the
+    /// cursor is written and the partitions go back, so another relay takes
+    /// them at once.
+    async fn shut_down(&mut self, sent_rx: &mut mpsc::UnboundedReceiver<Sent>) {
+        while self.in_flight > 0 {
+            match sent_rx.recv().await {
+                Some(sent) => self.handle(sent).await,
+                None => break,
+            }
+        }
+        for _ in 0..3 {
+            if self.to_park.is_empty() {
+                break;
+            }
+            self.park_at = Instant::now();
+            self.park_and_fetch().await;
+        }
+        // Waiting events were never sent: the cursor stays before them.
+        let parts: Vec<i32> = self.known.keys().copied().collect();
+        for p in &parts {
+            drop(self.keys.drop_partition(*p));
+        }
+        self.reading.abandon();
+        let deadline = Instant::now() + crate::relay::FINAL_WRITE_GRACE;
+        while !self.reads.settled_or_stuck() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(t) = self.reads.advance() {
+            self.cursor = Some((t, false));
+        }
+        let tick = self.cursor.as_ref().map(|(t, _)| t.clone());
+        if !parts.is_empty() {
+            if let Err(e) = ownership::give_back(
+                &self.shared.db,
+                self.ep.id,
+                &self.shared.relay_name,
+                &parts,
+                tick.as_ref(),
+            )
+            .await
+            {
+                tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "giving partitions back at shutdown failed; their leases expire");
+            }
+        }
+    }
 }

@@ -8,7 +8,9 @@
 //!
 //! - [`relay`]: wires the tasks below together and takes them down in order.
 //! - [`listener`]: the dedicated LISTEN connection; NOTIFYs become wake-ups.
-//! - [`dispatcher`]: one loop per endpoint: claim due rows under a lease, hand them to delivery tasks.
+//! - [`queue`]: the log read in commit order: partitions owned under a lease, ticks, per-key
+//!   queues, held and parked keys, the cursor, the write-back of outcomes.
+//! - [`dispatcher`]: one loop per endpoint: read its partitions, send each key's head, move the cursor.
 //! - [`breaker`]: the circuit breaker: pause an endpoint that only fails, probe it, resume it.
 //! - [`tally`]: attempts per endpoint and minute, for the status page.
 //! - [`deliver`]: one attempt: sign, rate-limit, POST, read a bounded excerpt of the answer.
@@ -16,8 +18,7 @@
 //! - [`sign`]: Standard Webhooks signing, pure.
 //! - [`ssrf`]: the optional guard against delivering to non-public addresses.
 //! - [`retry`]: when to try again, or give up, pure.
-//! - [`completer`]: writes outcomes back to the outbox and attempts tables in batches.
-//! - [`rescuer`]: expired leases back to pending; the row counts behind `/metrics`.
+//! - [`sampler`]: the row counts behind `/metrics`.
 //! - [`retention`]: removes old delivered rows and attempts in bounded batches.
 //! - [`http`]: the server on `listen`: health, readiness, metrics and the status API.
 //! - [`page`]: the status page at `/`: per endpoint state, traffic, backlog, latest failures.
@@ -40,7 +41,6 @@
 
 pub mod api;
 pub mod breaker;
-pub mod completer;
 pub mod config;
 pub mod db;
 pub mod deliver;
@@ -54,12 +54,13 @@ pub mod migrate;
 pub mod page;
 pub mod pause;
 pub mod pgtls;
+pub mod queue;
 pub mod receiver;
 pub mod relay;
 pub mod replay;
-pub mod rescuer;
 pub mod retention;
 pub mod retry;
+pub mod sampler;
 pub mod sign;
 pub mod ssrf;
 pub mod status;

@@ -1,7 +1,7 @@
-//! Wires the relay's tasks together: listener, one dispatcher loop per
-//! endpoint, delivery tasks, completer, rescuer, sampler, retention and the
-//! HTTP server (health, metrics, status API); and takes them down in order on
-//! shutdown.
+//! Wires the relay's tasks together: listener, partition ownership, one
+//! dispatcher loop per endpoint, delivery tasks, write-back, sampler,
+//! retention and the HTTP server (health, metrics, status API); and takes them
+//! down in order on shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,12 +19,13 @@ use crate::config::Config;
 use crate::db::{self, Db};
 use crate::dispatcher::{self, Endpoint, Shared};
 use crate::metrics::Metrics;
-use crate::{breaker, completer, egress, http, listener, migrate, rescuer, retention};
+use crate::queue::{ownership, writeback};
+use crate::{breaker, egress, http, listener, migrate, retention, sampler};
 
-/// Capacity of the channel from delivery tasks to the completer.
+/// Capacity of the channel from the endpoint loops to the write-back.
 const OUTCOME_QUEUE: usize = 10_000;
-/// How long the completer keeps retrying a write at shutdown when the
-/// database is down, before leaving the rows to their leases.
+/// How long the write-back keeps retrying at shutdown when the database is
+/// down, before leaving the events to be read again after a restart.
 pub const FINAL_WRITE_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait between attempts to reach the database at start.
 const START_MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -39,9 +40,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Begins a graceful shutdown and waits for it: stop claiming, let
-    /// requests in flight finish until `shutdown_timeout`, release the rest,
-    /// write every outcome.
+    /// Begins a graceful shutdown and waits for it: stop reading, let
+    /// requests in flight finish until `shutdown_timeout`, abandon the rest,
+    /// write every outcome and the cursors, give the partitions back.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
@@ -93,7 +94,7 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let relay_name = cfg.relay_name.clone().unwrap_or_else(default_relay_name);
     tracing::info!(relay = %relay_name, endpoints = cfg.endpoints.len(), listen = %http_addr, "relay starting");
 
-    let claims_db = Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
+    let queue_db = Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
     let outcomes_db = Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
     let housekeeping_db =
         Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
@@ -111,7 +112,7 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let abort_deliveries = CancellationToken::new();
     let abandon_writes = CancellationToken::new();
     let shared = Arc::new(Shared {
-        db: claims_db,
+        db: queue_db,
         http: egress::Clients::build(&cfg, total_slots.max(1) as usize, ssrf.clone(), &|name| {
             std::env::var(name).ok()
         })?,
@@ -127,10 +128,10 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
         abort_deliveries: abort_deliveries.clone(),
     });
 
-    let completer_task = tokio::spawn(completer::run(
+    let writeback_task = tokio::spawn(writeback::run(
         outcomes_db,
         done_rx,
-        relay_name,
+        relay_name.clone(),
         metrics.clone(),
         abandon_writes.clone(),
     ));
@@ -166,13 +167,6 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
             })
         }
     };
-    let rescue_every = (cfg.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
-    let rescuer_task = tokio::spawn(rescuer::run_rescuer(
-        housekeeping_db.clone(),
-        metrics.clone(),
-        rescue_every,
-        background.clone(),
-    ));
     // Retention's runs of deletes get a connection of their own, so they
     // never delay the rescuer.
     let retention_task = tokio::spawn(retention::run(
@@ -181,35 +175,45 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
         background.clone(),
     ));
     let names: Vec<String> = cfg.endpoints.iter().map(|e| e.name.clone()).collect();
-    let sampler_task = tokio::spawn(rescuer::run_sampler(
-        housekeeping_db,
+    let sampler_task = tokio::spawn(sampler::run_sampler(
+        housekeeping_db.clone(),
         metrics.clone(),
         names,
         background.clone(),
     ));
 
     let mut loops = Vec::new();
+    let mut owners = Vec::new();
     let by_name: HashMap<String, i32> = ids;
     for ep_cfg in cfg.endpoints.iter().filter(|e| e.enabled) {
         let id = by_name[&ep_cfg.name];
         let ep = Arc::new(Endpoint::new(id, ep_cfg.clone()));
+        let (owned_tx, owned_rx) = watch::channel(ownership::Owned::default());
+        owners.push((id, owned_tx));
         loops.push(tokio::spawn(breaker::run(shared.clone(), ep.clone())));
         loops.push(tokio::spawn(dispatcher::run_endpoint(
             shared.clone(),
             ep,
             wake_rx.clone(),
+            owned_rx,
         )));
     }
+    // The partitions are renewed until the loops have given theirs back.
+    let ownership_stop = CancellationToken::new();
+    let ownership_task = tokio::spawn(ownership::run(
+        housekeeping_db.clone(),
+        relay_name.clone(),
+        cfg.lease,
+        owners,
+        ownership_stop.clone(),
+    ));
 
     let shutdown_timeout = cfg.shutdown_timeout;
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         token.cancelled().await;
-        tracing::info!("shutting down: no new claims");
+        tracing::info!("shutting down: nothing new is read");
         stop_claiming.cancel();
-        for l in loops {
-            let _ = l.await;
-        }
         shared.tracker.close();
         let in_flight = shared.tracker.len();
         if in_flight > 0 {
@@ -219,23 +223,29 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
             .await
             .is_err()
         {
-            tracing::warn!("shutdown deadline passed; releasing the rows still in flight");
+            tracing::warn!("shutdown deadline passed; abandoning the requests still in flight");
             abort_deliveries.cancel();
             shared.tracker.wait().await;
         }
-        // The last sender goes with `shared`; the completer then drains.
+        // The loops write their outcomes and cursors and give their
+        // partitions back; then the last sender goes with `shared` and the
+        // write-back drains.
+        for l in loops {
+            let _ = l.await;
+        }
+        ownership_stop.cancel();
+        let _ = ownership_task.await;
         drop(shared);
         let abandon = abandon_writes.clone();
         let timer = tokio::spawn(async move {
             tokio::time::sleep(FINAL_WRITE_GRACE).await;
             abandon.cancel();
         });
-        let _ = completer_task.await;
+        let _ = writeback_task.await;
         timer.abort();
         background.cancel();
         let _ = tokio::join!(
             listener_task,
-            rescuer_task,
             sampler_task,
             retention_task,
             http_task

@@ -1,5 +1,4 @@
-//! Periodic housekeeping: expired leases back to `pending` (a relay died or
-//! lost its database mid-request), and the row counts behind `/metrics`.
+//! The row counts behind `/metrics`, sampled every few seconds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,47 +8,8 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::metrics::{EndpointLabels, Metrics, RowLabels};
 
-/// Most rows one rescue statement touches.
-const RESCUE_BATCH: i64 = 1000;
 /// How often the row counts for /metrics are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Rescues expired leases every `every` until shutdown.
-pub async fn run_rescuer(
-    db: Arc<Db>,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        loop {
-            let Ok(conn) = db.conn().await else { break };
-            let r = conn.query(&conn.st.rescue, &[&RESCUE_BATCH]).await;
-            db.report(&r);
-            match r {
-                Ok(rows) => {
-                    if rows.is_empty() {
-                        break;
-                    }
-                    metrics.rescued.inc_by(rows.len() as u64);
-                    tracing::warn!(rows = rows.len(), "leases expired; rows are pending again");
-                    if (rows.len() as i64) < RESCUE_BATCH {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "rescuing expired leases failed");
-                    break;
-                }
-            }
-        }
-    }
-}
 
 /// Samples rows by status and the most overdue pending row per endpoint.
 pub async fn run_sampler(

@@ -1,0 +1,31 @@
+-- Read endpoint $1's log: the rows of the transactions that committed after
+-- the previous tick and by this one, of the partitions $5 this relay owns
+-- ($8: the endpoint's partition mask), in id order, with ids after $7, at
+-- most $6. The previous tick is given as its xmax ($2: transactions from
+-- there on began after it) and its list of transactions then in progress
+-- ($3); this tick is this statement's own snapshot, or $4 when given (the
+-- pages of one tick, a catch-up to another partition's tick), and is
+-- returned with the rows (alone when there is none). A transaction still in
+-- progress is in this tick's list and is read at a later one: it holds back
+-- nothing else (docs/queue.md).
+--
+-- Each arm of the OR names the endpoint and both bounds, so each is a range
+-- of outbox_endpoint_xid (a BitmapOr). Rows already written back (after a
+-- take-over: delivered, dead, held, retried) and replayed rows (sent from
+-- webhook.redeliveries) are skipped.
+SELECT s.cur::text AS tick, o.id, o.event_id, o.ordering_key, o.payload, o.ctid, o.part
+  FROM (SELECT coalesce($4::text::pg_snapshot, pg_current_snapshot()) AS cur) s
+  LEFT JOIN LATERAL (
+        SELECT o.id, o.event_id, o.ordering_key, o.payload::text AS payload, o.ctid::text AS ctid,
+               hashtext(coalesce(o.ordering_key, o.event_id)) & $8 AS part
+          FROM webhook.outbox o
+         WHERE ((o.endpoint_id = $1 AND o.xid >= $2::text::xid8 AND o.xid < pg_snapshot_xmax(s.cur))
+                OR (o.endpoint_id = $1 AND o.xid = ANY ($3::text[]::xid8[])))
+           AND pg_visible_in_snapshot(o.xid, s.cur)
+           AND o.status = 'pending'
+           AND o.attempts = 0
+           AND o.replayed_at IS NULL
+           AND o.id > $7
+           AND (hashtext(coalesce(o.ordering_key, o.event_id)) & $8) = ANY ($5::int[])
+         ORDER BY o.id
+         LIMIT $6) o ON true

@@ -1,0 +1,17 @@
+-- The ids of a tick too big for one page (sql/queue/read.sql found a full
+-- page): the same rows, ids only, after $7, at most $6, in id order, for
+-- tick $4. The rows themselves are then read a page at a time by
+-- sql/queue/read_rows.sql, so the tick's index range is walked once, not
+-- once per page.
+SELECT o.id
+  FROM webhook.outbox o
+ WHERE ((o.endpoint_id = $1 AND o.xid >= $2::text::xid8 AND o.xid < pg_snapshot_xmax($4::text::pg_snapshot))
+        OR (o.endpoint_id = $1 AND o.xid = ANY ($3::text[]::xid8[])))
+   AND pg_visible_in_snapshot(o.xid, $4::text::pg_snapshot)
+   AND o.status = 'pending'
+   AND o.attempts = 0
+   AND o.replayed_at IS NULL
+   AND o.id > $7
+   AND (hashtext(coalesce(o.ordering_key, o.event_id)) & $8) = ANY ($5::int[])
+ ORDER BY o.id
+ LIMIT $6

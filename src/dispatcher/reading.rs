@@ -1,0 +1,392 @@
+//! The endpoint loop's reading of the log: catch-up reads of newly taken
+//! partitions from their cursor, then regular reads from tick to tick; a big
+//! tick by its ids and then a page at a time; the read-ahead budget; and the
+//! wake-up switch when nothing is new (docs/wakeup.md).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Loop;
+use crate::queue::cursor::{Read, Reads};
+use crate::queue::keys::{Pushed, Queued as _};
+use crate::queue::reader::{self, Row, Source};
+use crate::queue::ticks::Tick;
+
+/// Rows per read.
+const PAGE: i64 = 500;
+/// Most ids of a big tick held at once.
+const IDS_PAGE: i64 = 100_000;
+/// Most events in memory (waiting or in flight) before reading stops.
+pub const BUDGET: usize = 10_000;
+/// Pause after a read that found fewer rows than a page: the loop has caught
+/// up with the writers, and reading again at once would mostly fetch one row
+/// per statement.
+const CAUGHT_UP_PAUSE: Duration = Duration::from_millis(1);
+/// Empty reads in a row (1 ms apart) before the loop arms its switch.
+const LINGER_READS: u32 = 3;
+/// Longest pause between two checks while waiting for writers that were in
+/// progress when the switch was armed.
+const SETTLE_MAX_DELAY: Duration = Duration::from_millis(50);
+
+/// One read of the log between two ticks, possibly over several statements.
+struct Job {
+    prev: Tick,
+    /// The tick read to: set by the first statement (or the tick the other
+    /// partitions are at, for a catch-up).
+    cur: Option<Tick>,
+    parts: Vec<i32>,
+    read: Option<Arc<Read>>,
+    after: i64,
+    /// A big tick's ids still to read, and whether more follow them.
+    ids: Option<(VecDeque<i64>, bool)>,
+    catch_up: bool,
+    found: usize,
+}
+
+enum Wakeup {
+    /// Rows were found last time: the switch is (being) disarmed.
+    Busy,
+    /// Nothing new, but rows came moments ago: look again shortly before
+    /// paying for the switch.
+    Lingering(u32),
+    /// Armed, waiting for writers that were in progress at arming to end.
+    Settling {
+        snapshot: String,
+        delay: Duration,
+        until: Instant,
+    },
+    /// Armed and settled: a NOTIFY comes for new rows.
+    Armed,
+}
+
+/// Where reading stands.
+pub struct Reading {
+    /// The tick the regular reads are at.
+    prev: Option<Tick>,
+    /// Partitions in the regular reads (their catch-up is done).
+    parts: BTreeSet<i32>,
+    jobs: VecDeque<Job>,
+    wakeup: Wakeup,
+    read_at: Option<Instant>,
+    poll_interval: Duration,
+}
+
+impl Reading {
+    pub fn new(poll_interval: Duration) -> Reading {
+        Reading {
+            prev: None,
+            parts: BTreeSet::new(),
+            jobs: VecDeque::new(),
+            wakeup: Wakeup::Busy,
+            read_at: Some(Instant::now()),
+            poll_interval,
+        }
+    }
+
+    /// Newly taken partitions: read each from its cursor up to where the
+    /// others are, then with them.
+    pub fn catch_up(&mut self, fresh: Vec<(i32, Tick)>) {
+        let mut by_tick: BTreeMap<String, (Tick, Vec<i32>)> = BTreeMap::new();
+        for (p, t) in fresh {
+            by_tick
+                .entry(t.text().to_string())
+                .or_insert_with(|| (t, Vec::new()))
+                .1
+                .push(p);
+        }
+        for (_, (prev, parts)) in by_tick {
+            self.jobs.push_back(Job {
+                prev,
+                cur: None,
+                parts,
+                read: None,
+                after: 0,
+                ids: None,
+                catch_up: true,
+                found: 0,
+            });
+        }
+    }
+
+    /// The partition is read no more (being given back).
+    pub fn stop_reading(&mut self, p: i32) {
+        self.parts.remove(&p);
+        for j in &mut self.jobs {
+            j.parts.retain(|q| *q != p);
+        }
+    }
+
+    /// The partition is gone.
+    pub fn forget(&mut self, p: i32) {
+        self.stop_reading(p);
+    }
+
+    pub fn catching_up(&self, p: i32) -> bool {
+        self.jobs.iter().any(|j| j.catch_up && j.parts.contains(&p))
+    }
+
+    /// Shutdown: reads in progress stop where they are.
+    pub fn abandon(&mut self) {
+        for j in self.jobs.drain(..) {
+            if let Some(r) = &j.read {
+                Reads::seal(r);
+            }
+        }
+    }
+
+    /// Whether a NOTIFY should wake the loop.
+    pub fn listens(&self) -> bool {
+        true
+    }
+
+    pub fn woken(&mut self) {
+        self.read_at = Some(Instant::now());
+    }
+
+    /// When the next read is due, given the events in memory.
+    pub fn next_read(&self, in_memory: usize) -> Option<Instant> {
+        if in_memory >= BUDGET {
+            return None;
+        }
+        if !self.jobs.is_empty() {
+            return Some(Instant::now());
+        }
+        self.read_at
+    }
+}
+
+impl Loop {
+    /// One statement's worth of reading, when one is due.
+    pub(super) async fn read_step(&mut self, _paused: bool) {
+        let room = BUDGET.saturating_sub(self.keys.in_memory()) as i64;
+        if room == 0 {
+            return;
+        }
+        if self.reading.jobs.is_empty() {
+            let due = self
+                .reading
+                .read_at
+                .is_some_and(|at| at <= Instant::now());
+            let Some(prev) = self.reading.prev.clone() else {
+                return;
+            };
+            if !due || self.reading.parts.is_empty() {
+                return;
+            }
+            self.reading.jobs.push_back(Job {
+                prev,
+                cur: None,
+                parts: self.reading.parts.iter().copied().collect(),
+                read: None,
+                after: 0,
+                ids: None,
+                catch_up: false,
+                found: 0,
+            });
+        }
+        let Some(mut job) = self.reading.jobs.pop_front() else {
+            return;
+        };
+        if job.parts.is_empty() {
+            if let Some(r) = &job.read {
+                Reads::seal(r);
+            }
+            return;
+        }
+        if job.catch_up && job.cur.is_none() {
+            job.cur = self.reading.prev.clone();
+        }
+        match self.read_job(&mut job, room.min(PAGE)).await {
+            Ok(true) => self.job_done(job).await,
+            Ok(false) => self.reading.jobs.push_front(job),
+            Err(e) => {
+                tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "reading the log failed; will retry");
+                self.reading.jobs.push_front(job);
+                self.reading.read_at = Some(Instant::now() + super::ERROR_PAUSE);
+                tokio::time::sleep(super::ERROR_PAUSE).await;
+            }
+        }
+    }
+
+    /// Runs one statement of `job`; true when the job has read everything.
+    async fn read_job(&mut self, job: &mut Job, limit: i64) -> anyhow::Result<bool> {
+        let conn = self.shared.db.conn().await?;
+        let scope = self.scope(&job.parts);
+        if let Some((ids, more)) = &mut job.ids {
+            let page: Vec<i64> = ids.drain(..ids.len().min(limit as usize)).collect();
+            let rows = reader::read_rows(&conn, &scope, &page).await?;
+            let read = job.read.clone().expect("a big tick's read has begun");
+            job.found += rows.len();
+            self.push_rows(rows, &read);
+            if !ids.is_empty() {
+                return Ok(false);
+            }
+            if !*more {
+                return Ok(true);
+            }
+            let cur = job.cur.clone().expect("a big tick has its tick");
+            let next = reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
+            *more = next.len() as i64 == IDS_PAGE;
+            if let Some(last) = next.last() {
+                job.after = *last;
+            }
+            *ids = next.into();
+            return Ok(ids.is_empty() && !*more);
+        }
+        let (tick, rows) =
+            reader::read(&conn, &scope, &job.prev, job.cur.as_ref(), job.after, limit).await?;
+        if job.cur.is_none() {
+            job.cur = Some(tick.clone());
+        }
+        let read = job
+            .read
+            .get_or_insert_with(|| self.reads.begin(tick))
+            .clone();
+        let full = rows.len() as i64 == limit;
+        if let Some(last) = rows.last() {
+            job.after = last.id;
+        }
+        job.found += rows.len();
+        self.push_rows(rows, &read);
+        if !full {
+            return Ok(true);
+        }
+        // A big tick: its remaining ids once, then its rows a page at a time.
+        let cur = job.cur.clone().expect("set above");
+        let ids = reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
+        let more = ids.len() as i64 == IDS_PAGE;
+        if let Some(last) = ids.last() {
+            job.after = *last;
+        }
+        let done = ids.is_empty();
+        job.ids = Some((ids.into(), more));
+        Ok(done)
+    }
+
+    fn push_rows(&mut self, rows: Vec<Row>, read: &Arc<Read>) {
+        let scope_ordered = self.ep.ordered();
+        for row in rows {
+            let token = Reads::token(read);
+            let scope = crate::queue::reader::Scope {
+                endpoint: self.ep.id,
+                mask: self.owned.partitions - 1,
+                parts: &[],
+                ordered: scope_ordered,
+            };
+            let ev = row.into_event(&scope, Source::Log, 0, token);
+            match self.keys.push_read(ev) {
+                Pushed::Queued => {}
+                Pushed::Park(ev) => self.to_park.push(ev),
+                Pushed::Skip(ev) => {
+                    debug_assert!(ev.key().is_some());
+                    ev.token.settle();
+                }
+            }
+        }
+    }
+
+    async fn job_done(&mut self, job: Job) {
+        if let Some(r) = &job.read {
+            Reads::seal(r);
+        }
+        if job.catch_up {
+            if self.reading.prev.is_none() {
+                self.reading.prev = job.cur.clone();
+            }
+            self.reading.parts.extend(job.parts.iter().copied());
+            self.reading.read_at = Some(Instant::now());
+            return;
+        }
+        self.reading.prev = job.cur.clone();
+        let now = Instant::now();
+        if job.found > 0 {
+            if !matches!(self.reading.wakeup, Wakeup::Busy | Wakeup::Lingering(_)) {
+                self.disarm();
+            }
+            self.reading.wakeup = Wakeup::Busy;
+            self.reading.read_at = Some(now + CAUGHT_UP_PAUSE);
+            return;
+        }
+        let poll = self.reading.poll_interval;
+        let state = std::mem::replace(&mut self.reading.wakeup, Wakeup::Busy);
+        self.reading.wakeup = match state {
+            Wakeup::Busy => Wakeup::Lingering(1),
+            Wakeup::Lingering(n) if n < LINGER_READS => Wakeup::Lingering(n + 1),
+            Wakeup::Lingering(_) => match self.arm().await {
+                Ok(snapshot) => Wakeup::Settling {
+                    snapshot,
+                    delay: Duration::from_millis(1),
+                    until: now + poll,
+                },
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "arming the wake-up failed; polling");
+                    Wakeup::Busy
+                }
+            },
+            Wakeup::Settling {
+                snapshot,
+                delay,
+                until,
+            } => match self.settled(&snapshot).await {
+                Ok(true) => Wakeup::Armed,
+                _ if now >= until => Wakeup::Armed,
+                _ => Wakeup::Settling {
+                    snapshot,
+                    delay: (delay * 2).min(SETTLE_MAX_DELAY),
+                    until,
+                },
+            },
+            Wakeup::Armed => {
+                // Another relay may have disarmed the switch while busy.
+                let _ = self.arm_only().await;
+                Wakeup::Armed
+            }
+        };
+        self.reading.read_at = Some(match &self.reading.wakeup {
+            Wakeup::Busy | Wakeup::Lingering(_) => now + CAUGHT_UP_PAUSE,
+            Wakeup::Settling { delay, .. } => now + *delay,
+            Wakeup::Armed => now + poll,
+        });
+    }
+
+    /// Arms the switch, then (after that has committed) takes the snapshot of
+    /// transactions still in progress.
+    async fn arm(&self) -> anyhow::Result<String> {
+        self.arm_only().await?;
+        let conn = self.shared.db.conn().await?;
+        let r = conn.query_one(&conn.st.snapshot, &[]).await;
+        self.shared.db.report(&r);
+        Ok(r?.get(0))
+    }
+
+    async fn arm_only(&self) -> anyhow::Result<()> {
+        let conn = self.shared.db.conn().await?;
+        let r = conn.execute(&conn.st.arm, &[&self.ep.id]).await;
+        self.shared.db.report(&r);
+        r?;
+        Ok(())
+    }
+
+    /// Whether every writer in progress at arming has ended.
+    async fn settled(&self, snapshot: &str) -> anyhow::Result<bool> {
+        let conn = self.shared.db.conn().await?;
+        let r = conn.query_one(&conn.st.settled, &[&snapshot]).await;
+        self.shared.db.report(&r);
+        Ok(r?.get(0))
+    }
+
+    /// Disarms the switch without waiting: the read path must not pay a
+    /// round trip for it, and a lost disarm only costs writers a NOTIFY.
+    fn disarm(&self) {
+        let (shared, id) = (self.shared.clone(), self.ep.id);
+        tokio::spawn(async move {
+            if let Ok(conn) = shared.db.conn().await {
+                let r = conn.execute(&conn.st.disarm, &[&id]).await;
+                shared.db.report(&r);
+            }
+        });
+    }
+}

@@ -1,0 +1,219 @@
+//! Writes outcomes back in batches: one statement (sql/queue/write_back.sql)
+//! for every outcome that finished since the last write, with the holds,
+//! parks, redeliveries and dead rows they imply; then gives the events'
+//! tokens back, so the partitions' cursors can move past them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::cursor::Token;
+use crate::db::Db;
+use crate::metrics::Metrics;
+
+/// Most outcomes written by one statement.
+pub const MAX_BATCH: usize = 1000;
+/// A batch smaller than this waits up to GATHER_WAIT for more outcomes.
+const GATHER_ENOUGH: usize = 64;
+const GATHER_WAIT: Duration = Duration::from_millis(2);
+
+/// The outcome of one attempt.
+#[derive(Debug)]
+pub struct Completion {
+    pub id: i64,
+    /// The row's attempt count after this attempt (the fence expects one less).
+    pub attempt: i32,
+    /// The row version read (its ctid), the fence with the count.
+    pub version: String,
+    /// `delivered`, `pending` (retry later) or `dead`.
+    pub status: &'static str,
+    pub started_at: SystemTime,
+    pub ms: i32,
+    pub response_status: Option<i32>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    /// For a retry: when.
+    pub next_attempt_at: Option<SystemTime>,
+}
+
+/// What the write-back writes.
+#[derive(Debug)]
+pub enum Write {
+    Outcome {
+        c: Completion,
+        /// The ordering key, for an ordered event (holds and parks are by key).
+        key: Option<String>,
+        /// The event came from `webhook.parked`.
+        parked: bool,
+        /// Its retries go through `webhook.redeliveries`.
+        redelivery: bool,
+        token: Token,
+    },
+    /// A probe that failed: only its attempt is recorded.
+    ProbeFailed {
+        id: i64,
+        attempt: i32,
+        started_at: SystemTime,
+        ms: i32,
+        response_status: Option<i32>,
+        response_body: Option<String>,
+        error: Option<String>,
+    },
+}
+
+/// Runs until every sender is gone and the last batch is written. While the
+/// database is down it keeps the batch and retries; `abandon` ends that wait
+/// (the events are then read again after a restart and re-sent).
+pub async fn run(
+    db: Arc<Db>,
+    mut rx: mpsc::Receiver<Write>,
+    relay_name: String,
+    metrics: Arc<Metrics>,
+    abandon: CancellationToken,
+) {
+    let _ = &metrics;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        // A small batch waits up to GATHER_WAIT for more: each statement has
+        // a fixed cost on the database, and the outcome of a delivery that
+        // already happened loses nothing by reaching its row a moment later.
+        let gather_until = tokio::time::Instant::now() + GATHER_WAIT;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) if batch.len() >= GATHER_ENOUGH => break,
+                Err(_) => match tokio::time::timeout_at(gather_until, rx.recv()).await {
+                    Ok(Some(w)) => batch.push(w),
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match write(&db, &batch, &relay_name).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), rows = batch.len(), "writing outcomes failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = abandon.cancelled() => {
+                            tracing::error!(rows = batch.len(), "giving up writing outcomes at shutdown; those events are sent again after a restart");
+                            return;
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for w in batch.drain(..) {
+            if let Write::Outcome { token, .. } = w {
+                token.settle();
+            }
+        }
+    }
+}
+
+async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()> {
+    let conn = db.conn().await?;
+    let mut ids = Vec::new();
+    let mut attempts = Vec::new();
+    let mut statuses = Vec::new();
+    let mut started = Vec::new();
+    let mut ms = Vec::new();
+    let mut response_statuses = Vec::new();
+    let mut bodies = Vec::new();
+    let mut errors = Vec::new();
+    let mut next_at = Vec::new();
+    let mut versions = Vec::new();
+    let mut keys = Vec::new();
+    let mut parked_flags = Vec::new();
+    let mut redelivery_flags = Vec::new();
+    for w in batch {
+        match w {
+            Write::Outcome {
+                c,
+                key,
+                parked,
+                redelivery,
+                ..
+            } => {
+                ids.push(c.id);
+                attempts.push(c.attempt);
+                statuses.push(c.status);
+                started.push(c.started_at);
+                ms.push(c.ms);
+                response_statuses.push(c.response_status);
+                bodies.push(c.response_body.as_deref());
+                errors.push(c.error.as_deref());
+                next_at.push(c.next_attempt_at);
+                versions.push(c.version.as_str());
+                keys.push(key.as_deref());
+                parked_flags.push(*parked);
+                redelivery_flags.push(*redelivery);
+            }
+            Write::ProbeFailed {
+                id,
+                attempt,
+                started_at,
+                ms,
+                response_status,
+                response_body,
+                error,
+            } => {
+                let r = conn
+                    .execute(
+                        &conn.st.probe_failed,
+                        &[
+                            id,
+                            attempt,
+                            started_at,
+                            ms,
+                            response_status,
+                            response_body,
+                            error,
+                            &relay_name,
+                        ],
+                    )
+                    .await;
+                db.report(&r);
+                r?;
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let r = conn
+        .execute(
+            &conn.st.write_back,
+            &[
+                &ids,
+                &attempts,
+                &statuses,
+                &started,
+                &ms,
+                &response_statuses,
+                &bodies,
+                &errors,
+                &next_at,
+                &relay_name,
+                &versions,
+                &keys,
+                &parked_flags,
+                &redelivery_flags,
+            ],
+        )
+        .await;
+    db.report(&r);
+    let written = r?;
+    if written < ids.len() as u64 {
+        tracing::info!(
+            stale = ids.len() as u64 - written,
+            "outcomes not written: their rows changed since they were read (replayed, or taken over)"
+        );
+    }
+    Ok(())
+}
