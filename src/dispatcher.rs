@@ -204,7 +204,12 @@ pub async fn run_endpoint(
                     l.woken();
                 }
             }
-            _ = owned.changed() => {}
+            r = owned.changed() => {
+                if r.is_ok() {
+                    let o = owned.borrow_and_update().clone();
+                    l.apply_ownership(o).await;
+                }
+            }
             _ = paused.changed() => {}
             _ = l.ep.probe.notified() => l.probe().await,
             _ = stop.cancelled() => break,
@@ -239,7 +244,9 @@ impl Loop {
     }
 
     fn next_wake(&self, paused: bool) -> Instant {
-        let mut next = self.cursor_at.max(Instant::now() + Duration::from_millis(1));
+        let mut next = self
+            .cursor_at
+            .max(Instant::now() + Duration::from_millis(1));
         if let Some(at) = self.reading.next_read(self.keys.in_memory()) {
             next = next.min(at);
         }
@@ -571,7 +578,11 @@ impl Loop {
         let loose = ev.key().is_none();
         let t = match ev.key() {
             Some(k) => {
-                let outcome = if retry { Outcome::Retry } else { Outcome::Settled };
+                let outcome = if retry {
+                    Outcome::Retry
+                } else {
+                    Outcome::Settled
+                };
                 self.keys.finished(k, ev.id, ev.partition, outcome)
             }
             None => {
@@ -656,8 +667,7 @@ impl Loop {
             .collect();
         let r = async {
             let conn = self.shared.db.conn().await?;
-            reader::write_cursor(&conn, self.ep.id, tick, &parts, &n, &self.shared.relay_name)
-                .await
+            reader::write_cursor(&conn, self.ep.id, tick, &parts, &n, &self.shared.relay_name).await
         }
         .await;
         if let Err(e) = &r {

@@ -244,12 +244,7 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
         let _ = writeback_task.await;
         timer.abort();
         background.cancel();
-        let _ = tokio::join!(
-            listener_task,
-            sampler_task,
-            retention_task,
-            http_task
-        );
+        let _ = tokio::join!(listener_task, sampler_task, retention_task, http_task);
         tracing::info!("relay stopped");
     });
 

@@ -166,10 +166,7 @@ impl Loop {
             return;
         }
         if self.reading.jobs.is_empty() {
-            let due = self
-                .reading
-                .read_at
-                .is_some_and(|at| at <= Instant::now());
+            let due = self.reading.read_at.is_some_and(|at| at <= Instant::now());
             let Some(prev) = self.reading.prev.clone() else {
                 return;
             };
@@ -228,7 +225,8 @@ impl Loop {
                 return Ok(true);
             }
             let cur = job.cur.clone().expect("a big tick has its tick");
-            let next = reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
+            let next =
+                reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
             *more = next.len() as i64 == IDS_PAGE;
             if let Some(last) = next.last() {
                 job.after = *last;

@@ -18,10 +18,7 @@ use crate::retry::{self, NextStep};
 #[derive(Debug)]
 pub enum Result {
     /// An attempt was made.
-    Attempted {
-        c: Completion,
-        delivered: bool,
-    },
+    Attempted { c: Completion, delivered: bool },
     /// Never finished (shutdown): nothing is written; the event is read again
     /// after a restart.
     Abandoned,

@@ -222,7 +222,10 @@ impl<E: Queued> Keys<E> {
         if take_loose {
             let e = self.loose.pop_front()?;
             self.loose_in_flight.insert(e.id());
-            *self.in_flight_by_partition.entry(e.partition()).or_default() += 1;
+            *self
+                .in_flight_by_partition
+                .entry(e.partition())
+                .or_default() += 1;
             return Some(e);
         }
         while let Some(key) = self.ready.pop_front() {
@@ -235,7 +238,10 @@ impl<E: Queued> Keys<E> {
             }
             if let Some(e) = state.queue.pop_front() {
                 state.in_flight = true;
-                *self.in_flight_by_partition.entry(e.partition()).or_default() += 1;
+                *self
+                    .in_flight_by_partition
+                    .entry(e.partition())
+                    .or_default() += 1;
                 return Some(e);
             }
         }

@@ -80,7 +80,10 @@ pub async fn run(
         }
         let started = Instant::now();
         let relays = match heartbeat(&db, &relay, lease).await {
-            Ok(n) => n,
+            Ok(n) => {
+                tracing::trace!(relays = n, "heartbeat");
+                n
+            }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "relay heartbeat failed; will retry");
                 continue;
@@ -135,7 +138,9 @@ async fn cycle(
         db.report(&r);
         owned.partitions = r.context("making the endpoint's partitions")?.get(0);
     }
-    let r = conn.query(&conn.st.renew, &[&endpoint, &relay, &secs]).await;
+    let r = conn
+        .query(&conn.st.renew, &[&endpoint, &relay, &secs])
+        .await;
     db.report(&r);
     let still: Vec<i32> = r
         .context("renewing partition leases")?
@@ -144,6 +149,13 @@ async fn cycle(
         .collect();
     owned.parts.retain(|p, _| still.contains(p));
     owned.share = share(owned.partitions, relays);
+    tracing::trace!(
+        endpoint,
+        owned = owned.parts.len(),
+        share = owned.share,
+        partitions = owned.partitions,
+        "partitions renewed"
+    );
     if owned.parts.len() < owned.share {
         let want = (owned.share - owned.parts.len()) as i64;
         let r = conn
@@ -195,7 +207,13 @@ mod tests {
         assert_eq!(share(16, 3), 6);
         assert_eq!(share(16, 0), 16);
         assert_eq!(share(1, 3), 1);
-        assert_eq!(renew_every(Duration::from_secs(60)), Duration::from_secs(15));
-        assert_eq!(renew_every(Duration::from_secs(2)), Duration::from_millis(500));
+        assert_eq!(
+            renew_every(Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            renew_every(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
     }
 }

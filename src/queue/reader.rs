@@ -78,7 +78,13 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn into_event(self, scope: &Scope<'_>, source: Source, attempts: i32, token: Token) -> Event {
+    pub fn into_event(
+        self,
+        scope: &Scope<'_>,
+        source: Source,
+        attempts: i32,
+        token: Token,
+    ) -> Event {
         Event {
             id: self.id,
             event_id: self.event_id,
@@ -200,7 +206,14 @@ pub async fn holds_due(
     let rows = conn
         .query(
             &conn.st.holds_due,
-            &[&scope.endpoint, &scope.parts, &scope.mask, &in_flight, &limit, &all],
+            &[
+                &scope.endpoint,
+                &scope.parts,
+                &scope.mask,
+                &in_flight,
+                &limit,
+                &all,
+            ],
         )
         .await
         .context("reading the held keys that are due")?;
@@ -222,15 +235,18 @@ pub async fn holds_due(
 
 /// At a take-over: the held keys (with their holding event) and the keys
 /// that only have parked events.
-pub async fn holds_load(
-    conn: &Conn,
-    scope: &Scope<'_>,
-) -> Result<Vec<(String, Option<i64>, i32)>> {
+pub async fn holds_load(conn: &Conn, scope: &Scope<'_>) -> Result<Vec<(String, Option<i64>, i32)>> {
     let rows = conn
-        .query(&conn.st.holds_load, &[&scope.endpoint, &scope.parts, &scope.mask])
+        .query(
+            &conn.st.holds_load,
+            &[&scope.endpoint, &scope.parts, &scope.mask],
+        )
         .await
         .context("loading the held and parked keys")?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// The next parked events of `keys`, each after its id, at most `limit` per key.
@@ -251,18 +267,16 @@ pub async fn parked_fetch(
         .context("reading parked events")?;
     Ok(rows
         .into_iter()
-        .map(|r| {
-            Event {
-                key: Some(r.get(0)),
-                partition: r.get(6),
-                id: r.get(1),
-                event_id: r.get(2),
-                attempts: r.get(3),
-                payload: r.get(4),
-                version: r.get(5),
-                source: Source::Parked,
-                token: Token::none(),
-            }
+        .map(|r| Event {
+            key: Some(r.get(0)),
+            partition: r.get(6),
+            id: r.get(1),
+            event_id: r.get(2),
+            attempts: r.get(3),
+            payload: r.get(4),
+            version: r.get(5),
+            source: Source::Parked,
+            token: Token::none(),
         })
         .collect())
 }
@@ -287,7 +301,13 @@ pub async fn redeliveries_due(
     let rows = conn
         .query(
             &conn.st.redeliveries_due,
-            &[&scope.endpoint, &scope.parts, &scope.mask, &in_flight, &limit],
+            &[
+                &scope.endpoint,
+                &scope.parts,
+                &scope.mask,
+                &in_flight,
+                &limit,
+            ],
         )
         .await
         .context("reading the redeliveries that are due")?;

@@ -55,7 +55,11 @@ impl Tick {
     /// Whether every transaction this one saw as ended is ended in `other`
     /// too, and `other` saw at least as far: `other` is not older.
     pub fn not_older_than(&self, other: &Tick) -> bool {
-        self.xmax >= other.xmax && self.xip.iter().all(|x| *x >= other.xmax || other.xip.contains(x))
+        self.xmax >= other.xmax
+            && self
+                .xip
+                .iter()
+                .all(|x| *x >= other.xmax || other.xip.contains(x))
     }
 }
 

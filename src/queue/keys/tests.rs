@@ -29,7 +29,9 @@ fn queued(k: &mut Keys<Ev>, e: Ev) {
 }
 
 fn sends(k: &mut Keys<Ev>) -> Vec<i64> {
-    std::iter::from_fn(|| k.next_ready()).map(|e| e.id).collect()
+    std::iter::from_fn(|| k.next_ready())
+        .map(|e| e.id)
+        .collect()
 }
 
 #[test]
@@ -70,7 +72,10 @@ fn a_failed_head_holds_only_its_key_and_parks_what_waits_behind_it() {
     queued(&mut k, ev(2, "a"));
     queued(&mut k, ev(3, "b"));
     assert_eq!(sends(&mut k), vec![1, 3]);
-    assert_eq!(k.finished("a", 1, 0, Outcome::Retry), Then::Park(vec![ev(2, "a")]));
+    assert_eq!(
+        k.finished("a", 1, 0, Outcome::Retry),
+        Then::Park(vec![ev(2, "a")])
+    );
     assert!(k.is_held("a"));
     // Read while held: parked too.
     assert!(matches!(k.push_read(ev(4, "a")), Pushed::Park(_)));
@@ -83,13 +88,22 @@ fn a_failed_head_holds_only_its_key_and_parks_what_waits_behind_it() {
     assert!(k.ready_held(ev(1, "a")));
     assert!(!k.ready_held(ev(1, "a")), "a held head is queued once");
     assert_eq!(sends(&mut k), vec![1]);
-    assert!(!k.ready_held(ev(1, "a")), "a held head is sent once at a time");
+    assert!(
+        !k.ready_held(ev(1, "a")),
+        "a held head is sent once at a time"
+    );
     assert_eq!(k.finished("a", 1, 0, Outcome::Settled), Then::Nothing);
     assert_eq!(
         k.parking_done("a", 2),
-        Then::FetchParked { key: "a".into(), after: 0 }
+        Then::FetchParked {
+            key: "a".into(),
+            after: 0
+        }
     );
-    assert_eq!(k.parked_fetched("a", vec![ev(2, "a"), ev(4, "a")], 100), Then::Nothing);
+    assert_eq!(
+        k.parked_fetched("a", vec![ev(2, "a"), ev(4, "a")], 100),
+        Then::Nothing
+    );
     assert_eq!(sends(&mut k), vec![2]);
     assert_eq!(k.finished("a", 2, 0, Outcome::Settled), Then::Nothing);
     assert_eq!(sends(&mut k), vec![4]);
@@ -107,15 +121,24 @@ fn a_full_fetch_asks_for_the_next_page_after_the_last_id() {
     assert_eq!(sends(&mut k), vec![1]);
     assert_eq!(
         k.finished("a", 1, 0, Outcome::Settled),
-        Then::FetchParked { key: "a".into(), after: 0 }
+        Then::FetchParked {
+            key: "a".into(),
+            after: 0
+        }
     );
-    assert_eq!(k.parked_fetched("a", vec![ev(5, "a"), ev(7, "a")], 2), Then::Nothing);
+    assert_eq!(
+        k.parked_fetched("a", vec![ev(5, "a"), ev(7, "a")], 2),
+        Then::Nothing
+    );
     assert_eq!(sends(&mut k), vec![5]);
     assert_eq!(k.finished("a", 5, 0, Outcome::Settled), Then::Nothing);
     assert_eq!(sends(&mut k), vec![7]);
     assert_eq!(
         k.finished("a", 7, 0, Outcome::Settled),
-        Then::FetchParked { key: "a".into(), after: 7 }
+        Then::FetchParked {
+            key: "a".into(),
+            after: 7
+        }
     );
     assert_eq!(k.parked_fetched("a", vec![], 2), Then::Nothing);
     assert!(k.keys.is_empty());
@@ -127,7 +150,10 @@ fn a_park_during_a_fetch_means_the_fetch_was_not_the_last() {
     k.load_held("a", 1, 0);
     assert!(k.ready_held(ev(1, "a")));
     assert_eq!(sends(&mut k), vec![1]);
-    assert!(matches!(k.finished("a", 1, 0, Outcome::Settled), Then::FetchParked { .. }));
+    assert!(matches!(
+        k.finished("a", 1, 0, Outcome::Settled),
+        Then::FetchParked { .. }
+    ));
     // Read while the fetch runs: parked behind what the fetch returns.
     assert!(matches!(k.push_read(ev(9, "a")), Pushed::Park(_)));
     assert_eq!(k.parked_fetched("a", vec![ev(3, "a")], 100), Then::Nothing);
@@ -135,7 +161,10 @@ fn a_park_during_a_fetch_means_the_fetch_was_not_the_last() {
     assert_eq!(k.finished("a", 3, 0, Outcome::Settled), Then::Nothing);
     assert_eq!(
         k.parking_done("a", 1),
-        Then::FetchParked { key: "a".into(), after: 3 }
+        Then::FetchParked {
+            key: "a".into(),
+            after: 3
+        }
     );
 }
 
