@@ -5,9 +5,11 @@
 //! The story: buyer 0042, "Acme Leads Ltd" (a lead costs it 10 credits),
 //! signs up with postcodes BN1, AB1 and GN2 in one transaction
 //! (`post_code_change`); tops up 25 credits (`add_credits`; the receiver
-//! answers the first attempt 503, so the relay retries it); spends down to 15,
-//! which still buys a lead, then to 5, which does not (`user_credits_zero`,
-//! once); and swaps GN2 for ZZ9 in one transaction (one `post_code_change`).
+//! answers the first attempt 503, so the relay retries it) and at once spends
+//! down to 15, which still buys a lead, then to 5, which does not
+//! (`user_credits_zero`, once): that event waits, parked, until the top-up's
+//! retry is delivered, since both are buyer 0042's (its key is held); and
+//! swaps GN2 for ZZ9 in one transaction (one `post_code_change`).
 //! Each webhook is printed as it arrives, then the outbox rows as a DBA sees
 //! them. Everything started is stopped and removed again, also on Ctrl-C.
 //!
@@ -46,6 +48,8 @@ struct Step {
     title: &'static str,
     writes: &'static [&'static str],
     rows_after: i64,
+    /// Show the held key while its head waits for the retry.
+    shows_hold: bool,
 }
 
 const STORY: &[Step] = &[
@@ -57,21 +61,25 @@ const STORY: &[Step] = &[
                    INSERT INTO buyer_postcodes VALUES ('0042', 'BN1'), ('0042', 'AB1'), ('0042', 'GN2');\n\
                    COMMIT;"],
         rows_after: 1,
+        shows_hold: false,
     },
     Step {
         title: "2. top-up: 25 credits -> expect add_credits; the receiver fails the first \
                 attempt with 503, so the relay retries",
         writes: &["INSERT INTO buyer_credits VALUES ('0042', 25);"],
         rows_after: 2,
+        shows_hold: false,
     },
     Step {
-        title: "3. spending: balance 25 -> 15 (still buys a lead: no event), then 15 -> 5 \
-                (below the lead cost) -> expect user_credits_zero",
+        title: "3. spending, at once: balance 25 -> 15 (still buys a lead: no event), then \
+                15 -> 5 (below the lead cost) -> expect user_credits_zero, held back until the \
+                top-up is delivered (one event at a time per buyer, in commit order)",
         writes: &[
             "UPDATE buyer_credits SET balance = 15 WHERE buyer_id = '0042';",
             "UPDATE buyer_credits SET balance = 5 WHERE buyer_id = '0042';",
         ],
         rows_after: 3,
+        shows_hold: true,
     },
     Step {
         title: "4. postcode change: GN2 replaced by ZZ9 in one transaction -> expect one \
@@ -81,9 +89,14 @@ const STORY: &[Step] = &[
                    INSERT INTO buyer_postcodes VALUES ('0042', 'ZZ9');\n\
                    COMMIT;"],
         rows_after: 4,
+        shows_hold: false,
     },
 ];
 
+/// The held key, its holding event and what waits behind it.
+const HOLD_SQL: &str = "SELECT h.ordering_key, o.event_code, o.attempts, \
+     (SELECT count(*) FROM webhook.parked p WHERE p.ordering_key = h.ordering_key) \
+     FROM webhook.holds h JOIN webhook.outbox o ON o.id = h.outbox_id";
 /// Rows in the outbox, and how many of them are finished (delivered or dead).
 const OUTBOX_PROGRESS_SQL: &str =
     "SELECT count(*), count(*) FILTER (WHERE status IN ('delivered', 'dead')) FROM webhook.outbox";
@@ -197,8 +210,14 @@ async fn story(parts: &mut Parts) -> Result<()> {
     );
     parts.relay = Some(relay);
 
-    for step in STORY {
+    for (i, step) in STORY.iter().enumerate() {
         println!("\n{}", step.title);
+        // The top-up's retry is a second away: the next step's writes run
+        // while its key is held.
+        let settle_rows = match STORY.get(i + 1) {
+            Some(next) if next.shows_hold => None,
+            _ => Some(step.rows_after),
+        };
         for sql in step.writes {
             for line in sql.lines() {
                 println!("  sql> {}", line.trim());
@@ -207,7 +226,13 @@ async fn story(parts: &mut Parts) -> Result<()> {
                 .await
                 .with_context(|| format!("running the app write {sql:?}"))?;
         }
-        wait_settled(&app, step.rows_after).await?;
+        if step.shows_hold {
+            show_hold(&app).await?;
+        }
+        match settle_rows {
+            Some(rows) => wait_settled(&app, rows).await?,
+            None => wait_held(&app).await?,
+        }
     }
 
     println!("\nwebhook.outbox, the delivery log a DBA reads:");
@@ -293,6 +318,48 @@ async fn wait_settled(app: &Client, rows: i64) -> Result<()> {
 }
 
 /// The outbox rows as an aligned text table.
+/// Waits until a key is held (the top-up's first attempt failed).
+async fn wait_held(app: &Client) -> Result<()> {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let held = app.query(HOLD_SQL, &[]).await.context("reading webhook.holds")?;
+        if !held.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("after {SETTLE_DEADLINE:?}, no key is held: the top-up's failed attempt was not written back");
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+}
+
+/// Shows the held key once the event behind it is parked.
+async fn show_hold(app: &Client) -> Result<()> {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let held = app.query(HOLD_SQL, &[]).await.context("reading webhook.holds")?;
+        if let Some(row) = held.first() {
+            let parked: i64 = row.get(3);
+            if parked > 0 {
+                let (key, code, attempts): (String, String, i32) =
+                    (row.get(0), row.get(1), row.get(2));
+                println!(
+                    "  held: buyer {key}'s key, by its {code} ({attempts} attempt so far, retry due); \
+                     {parked} event parked behind it (webhook.held_keys)"
+                );
+                return Ok(());
+            }
+        } else {
+            // Already delivered: the hold was shorter than a poll.
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("after {SETTLE_DEADLINE:?}, no event is parked behind the held key");
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+}
+
 async fn outbox_table(app: &Client) -> Result<String> {
     let rows = app
         .query(OUTBOX_ROWS_SQL, &[])

@@ -73,6 +73,29 @@ async fn demo_tells_the_story_and_cleans_up() {
     let id = |line: &str| line.split_whitespace().nth(3).map(str::to_owned);
     assert_eq!(id(add[0]), id(add[1]), "{context}");
     assert!(add[1].contains(r#""topUpAmount":25"#), "{context}");
+    // The spending that followed at once waited, parked behind the held
+    // top-up, and arrived after its retry: one event at a time per buyer.
+    assert!(
+        stdout.contains("held: buyer 0042's key, by its add_credits")
+            && stdout.contains("1 event parked behind it"),
+        "{context}"
+    );
+    let at = |code: &str, from: usize| {
+        arrivals
+            .iter()
+            .skip(from)
+            .position(|l| l.contains(&format!("<- webhook {code} ")))
+            .map(|p| p + from)
+    };
+    let retried = arrivals
+        .iter()
+        .position(|l| l.contains("attempt 2, answered 200"))
+        .unwrap_or_else(|| panic!("no retry arrived; {context}"));
+    assert_eq!(
+        at("user_credits_zero", 0),
+        Some(retried + 1),
+        "user_credits_zero did not follow the retried top-up; {context}"
+    );
 
     // The final table: four rows, all delivered, the top-up after 2 attempts.
     let table: Vec<Vec<&str>> = stdout
