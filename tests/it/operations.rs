@@ -752,7 +752,7 @@ async fn a_large_delivered_history_does_not_slow_claiming_and_retention_clears_i
     )
     .await
     .unwrap();
-    let sql = include_str!("../../sql/queue/read.sql");
+    let sql = include_str!("../../sql/claim.sql");
     c.batch_execute(&format!("PREPARE claim(int, int, float8, text) AS {sql}"))
         .await
         .unwrap();

@@ -181,7 +181,7 @@ async fn claiming_is_an_index_scan_whatever_the_delivered_history() {
     )
     .await
     .unwrap();
-    let sql = include_str!("../../sql/queue/read.sql");
+    let sql = include_str!("../../sql/claim.sql");
     c.batch_execute(&format!("PREPARE claim(int, int, float8, text) AS {sql}"))
         .await
         .unwrap();
@@ -220,11 +220,11 @@ async fn write_backs_are_fenced_by_the_claim() {
     .await
     .unwrap();
     let claim = c
-        .prepare(include_str!("../../sql/queue/read.sql"))
+        .prepare(include_str!("../../sql/claim.sql"))
         .await
         .unwrap();
     let complete = c
-        .prepare(include_str!("../../sql/queue/write_back.sql"))
+        .prepare(include_str!("../../sql/complete.sql"))
         .await
         .unwrap();
     let row = c
@@ -358,8 +358,8 @@ async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
     c.batch_execute(outbox_relay::db::SESSION_SETUP)
         .await
         .unwrap();
-    let claim = include_str!("../../sql/queue/read.sql");
-    let complete = include_str!("../../sql/queue/write_back.sql");
+    let claim = include_str!("../../sql/claim.sql");
+    let complete = include_str!("../../sql/complete.sql");
     c.batch_execute(&format!(
         "PREPARE claim(int, int, float8, text) AS {claim};
          PREPARE complete(bigint[], int[], text[], timestamptz[], int[], int[], text[], text[],
