@@ -322,7 +322,10 @@ async fn wait_settled(app: &Client, rows: i64) -> Result<()> {
 async fn wait_held(app: &Client) -> Result<()> {
     let deadline = Instant::now() + SETTLE_DEADLINE;
     loop {
-        let held = app.query(HOLD_SQL, &[]).await.context("reading webhook.holds")?;
+        let held = app
+            .query(HOLD_SQL, &[])
+            .await
+            .context("reading webhook.holds")?;
         if !held.is_empty() {
             return Ok(());
         }
@@ -337,7 +340,10 @@ async fn wait_held(app: &Client) -> Result<()> {
 async fn show_hold(app: &Client) -> Result<()> {
     let deadline = Instant::now() + SETTLE_DEADLINE;
     loop {
-        let held = app.query(HOLD_SQL, &[]).await.context("reading webhook.holds")?;
+        let held = app
+            .query(HOLD_SQL, &[])
+            .await
+            .context("reading webhook.holds")?;
         if let Some(row) = held.first() {
             let parked: i64 = row.get(3);
             if parked > 0 {

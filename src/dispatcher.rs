@@ -13,7 +13,7 @@
 mod reading;
 pub mod send;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,10 +30,10 @@ use crate::config::{EndpointConfig, Ordering};
 use crate::db::Db;
 use crate::deliver;
 use crate::metrics::{Metrics, ProbeLabels};
-use crate::queue::cursor::Reads;
+use crate::queue::cursor::{Read, Reads};
 use crate::queue::keys::{Keys, Outcome, Queued, Then, KEY_CAP};
 use crate::queue::ownership::{self, Owned};
-use crate::queue::reader::{self, Event, Scope, Source};
+use crate::queue::reader::{self, Event, Scope};
 use crate::queue::ticks::Tick;
 use crate::queue::writeback::Write;
 use crate::retry::RetryPolicy;
@@ -123,8 +123,11 @@ struct Loop {
     reading: reading::Reading,
     /// Partitions held, by which taking of them.
     known: BTreeMap<i32, u64>,
-    /// Partitions being given back (no longer read).
-    giving_back: BTreeSet<i32>,
+    /// Partitions being given back (no longer read), each with the newest
+    /// read when it stopped being read: it goes back once that read is
+    /// settled, so its new owner never reads an event whose outcome this
+    /// relay has not written yet.
+    giving_back: BTreeMap<i32, Option<Arc<Read>>>,
     owned: Owned,
     to_park: Vec<Event>,
     park_at: Instant,
@@ -157,7 +160,7 @@ pub async fn run_endpoint(
         keys: Keys::default(),
         reads: Reads::default(),
         known: BTreeMap::new(),
-        giving_back: BTreeSet::new(),
+        giving_back: BTreeMap::new(),
         owned: Owned::default(),
         to_park: Vec::new(),
         park_at: now,
@@ -293,18 +296,18 @@ impl Loop {
             .iter()
             .map(|(p, h)| (*p, h.taken))
             .collect();
-        self.giving_back.retain(|p| self.known.contains_key(p));
+        self.giving_back.retain(|p, _| self.known.contains_key(p));
         // Over the share (another relay has come): give the highest back.
         let keep = self.owned.share.max(1);
         let active: Vec<i32> = self
             .known
             .keys()
             .copied()
-            .filter(|p| !self.giving_back.contains(p))
+            .filter(|p| !self.giving_back.contains_key(p))
             .collect();
         if active.len() > keep {
             for p in &active[keep..] {
-                self.giving_back.insert(*p);
+                self.giving_back.insert(*p, self.reads.newest());
                 self.reading.stop_reading(*p);
             }
         }
@@ -594,8 +597,8 @@ impl Loop {
         let w = Write::Outcome {
             c,
             key: ev.key.clone(),
-            parked: ev.source == Source::Parked,
-            redelivery: loose,
+            source: ev.source.name(),
+            loose,
             token: ev.token,
         };
         let _ = self.shared.done.send(w).await;
@@ -655,7 +658,7 @@ impl Loop {
             .known
             .keys()
             .copied()
-            .filter(|p| !self.giving_back.contains(p))
+            .filter(|p| !self.giving_back.contains_key(p))
             .collect();
         if parts.is_empty() {
             return Ok(());
@@ -682,8 +685,12 @@ impl Loop {
         let idle: Vec<i32> = self
             .giving_back
             .iter()
-            .copied()
-            .filter(|p| !counts.contains_key(p) && !self.reading.catching_up(*p))
+            .filter(|(p, last)| {
+                !counts.contains_key(p)
+                    && !self.reading.catching_up(**p)
+                    && last.as_ref().is_none_or(|r| self.reads.passed(r))
+            })
+            .map(|(p, _)| *p)
             .collect();
         if idle.is_empty() {
             return;

@@ -15,15 +15,17 @@
 -- (delivered, pending: will retry, dead), $4 start times, $5 durations (ms),
 -- $6 response statuses, $7 body excerpts, $8 errors, $9 retry times, $10
 -- relay name, $11 row versions (ctid as text), $12 ordering keys (NULL:
--- unordered), $13 whether the event was parked, $14 whether its retries go
--- through webhook.redeliveries.
+-- unordered), $13 where each event came from ('log', 'parked', 'held': a held
+-- head, 'redelivery'), $14 whether its retries go through
+-- webhook.redeliveries (unordered, or replayed). Each table beside the outbox
+-- is only looked at for the rows that can have a row in it.
 WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::int[],
                   $6::int[], $7::text[], $8::text[], $9::timestamptz[], $11::text[]::tid[],
-                  $12::text[], $13::boolean[], $14::boolean[])
+                  $12::text[], $13::text[], $14::boolean[])
            AS r(id, attempt, status, started_at, ms, response_status, response_body, error,
-                next_attempt_at, version, ordering_key, parked, redelivery)
+                next_attempt_at, version, ordering_key, source, loose)
 ), updated AS (
     -- Rows are found by their address (a TID scan); `id + 0` keeps the
     -- planner from walking the primary key instead.
@@ -43,12 +45,12 @@ WITH r AS (
        AND o.id + 0 = r.id
        AND o.attempts = r.attempt - 1
     RETURNING o.id, o.endpoint_id, r.attempt, r.status, r.started_at, r.ms, r.response_status,
-              r.response_body, r.error, r.next_attempt_at, r.ordering_key, r.parked, r.redelivery
+              r.response_body, r.error, r.next_attempt_at, r.ordering_key, r.source, r.loose
 ), held AS (
     INSERT INTO webhook.holds AS h (endpoint_id, ordering_key, outbox_id, next_attempt_at)
     SELECT u.endpoint_id, u.ordering_key, u.id, u.next_attempt_at
       FROM updated u
-     WHERE u.status = 'pending' AND u.ordering_key IS NOT NULL AND NOT u.redelivery
+     WHERE u.status = 'pending' AND NOT u.loose
     ON CONFLICT (endpoint_id, ordering_key) DO UPDATE
        SET held_since = CASE WHEN h.outbox_id = excluded.outbox_id THEN h.held_since ELSE now() END,
            outbox_id = excluded.outbox_id,
@@ -56,23 +58,23 @@ WITH r AS (
 ), unheld AS (
     DELETE FROM webhook.holds h
      USING updated u
-     WHERE u.status <> 'pending' AND u.ordering_key IS NOT NULL AND NOT u.redelivery
+     WHERE u.status <> 'pending' AND u.source = 'held'
        AND h.endpoint_id = u.endpoint_id AND h.ordering_key = u.ordering_key AND h.outbox_id = u.id
 ), unparked AS (
     DELETE FROM webhook.parked p
      USING updated u
-     WHERE u.parked
+     WHERE u.source = 'parked'
        AND p.endpoint_id = u.endpoint_id AND p.ordering_key = u.ordering_key AND p.outbox_id = u.id
 ), retried AS (
     INSERT INTO webhook.redeliveries AS d (outbox_id, endpoint_id, next_attempt_at)
     SELECT u.id, u.endpoint_id, u.next_attempt_at
       FROM updated u
-     WHERE u.status = 'pending' AND u.redelivery
+     WHERE u.status = 'pending' AND u.loose
     ON CONFLICT (outbox_id) DO UPDATE SET next_attempt_at = excluded.next_attempt_at
 ), redelivered AS (
     DELETE FROM webhook.redeliveries d
      USING updated u
-     WHERE u.status <> 'pending' AND u.redelivery AND d.outbox_id = u.id
+     WHERE u.status <> 'pending' AND u.source = 'redelivery' AND d.outbox_id = u.id
 ), died AS (
     INSERT INTO webhook.dead_rows (outbox_id, endpoint_id)
     SELECT u.id, u.endpoint_id FROM updated u WHERE u.status = 'dead'

@@ -531,9 +531,15 @@ fn http_trust_certificates_and_proxies_are_checked_at_start() {
 
 #[test]
 fn ordering_is_by_key_unless_turned_off() {
-    assert_eq!(parse(&endpoint("")).unwrap().endpoints[0].ordering, Ordering::Key);
+    assert_eq!(
+        parse(&endpoint("")).unwrap().endpoints[0].ordering,
+        Ordering::Key
+    );
     let none = parse(&endpoint("ordering = \"none\"")).unwrap();
     assert_eq!(none.endpoints[0].ordering, Ordering::None);
     let msg = error_of(&endpoint("ordering = \"commit\""));
-    assert!(msg.contains("unknown variant") && msg.contains("key"), "{msg}");
+    assert!(
+        msg.contains("unknown variant") && msg.contains("key"),
+        "{msg}"
+    );
 }

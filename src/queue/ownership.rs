@@ -55,9 +55,11 @@ pub fn share(partitions: i32, relays: i64) -> usize {
     (partitions.max(0) as usize).div_ceil(relays)
 }
 
-/// How often leases are renewed.
+/// How often leases are renewed (and shares looked at again): a quarter
+/// lease, and at least every two seconds, so that a relay that starts gets
+/// its share within seconds.
 pub fn renew_every(lease: Duration) -> Duration {
-    (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(15))
+    (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
 }
 
 /// Runs until `stop`: renews, takes, and publishes each endpoint's [`Owned`].

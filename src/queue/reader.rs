@@ -24,6 +24,18 @@ pub enum Source {
     Redelivery,
 }
 
+impl Source {
+    /// As the write-back names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Log => "log",
+            Source::Parked => "parked",
+            Source::Held => "held",
+            Source::Redelivery => "redelivery",
+        }
+    }
+}
+
 /// An event waiting in the relay or in flight.
 #[derive(Debug)]
 pub struct Event {

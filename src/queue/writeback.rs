@@ -45,10 +45,10 @@ pub enum Write {
         c: Completion,
         /// The ordering key, for an ordered event (holds and parks are by key).
         key: Option<String>,
-        /// The event came from `webhook.parked`.
-        parked: bool,
+        /// Where the event came from: `log`, `parked`, `held` or `redelivery`.
+        source: &'static str,
         /// Its retries go through `webhook.redeliveries`.
-        redelivery: bool,
+        loose: bool,
         token: Token,
     },
     /// A probe that failed: only its attempt is recorded.
@@ -129,15 +129,15 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
     let mut next_at = Vec::new();
     let mut versions = Vec::new();
     let mut keys = Vec::new();
-    let mut parked_flags = Vec::new();
-    let mut redelivery_flags = Vec::new();
+    let mut sources = Vec::new();
+    let mut loose_flags = Vec::new();
     for w in batch {
         match w {
             Write::Outcome {
                 c,
                 key,
-                parked,
-                redelivery,
+                source,
+                loose,
                 ..
             } => {
                 ids.push(c.id);
@@ -151,8 +151,8 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
                 next_at.push(c.next_attempt_at);
                 versions.push(c.version.as_str());
                 keys.push(key.as_deref());
-                parked_flags.push(*parked);
-                redelivery_flags.push(*redelivery);
+                sources.push(*source);
+                loose_flags.push(*loose);
             }
             Write::ProbeFailed {
                 id,
@@ -202,8 +202,8 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
                 &relay_name,
                 &versions,
                 &keys,
-                &parked_flags,
-                &redelivery_flags,
+                &sources,
+                &loose_flags,
             ],
         )
         .await;

@@ -15,7 +15,7 @@ use crate::support::{wait_for, TestDb};
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn armed(c: &tokio_postgres::Client) -> Option<bool> {
-    c.query_opt("SELECT armed FROM webhook.wakeup", &[])
+    c.query_opt("SELECT armed FROM webhook.endpoints", &[])
         .await
         .unwrap()
         .map(|r| r.get(0))
