@@ -1,7 +1,8 @@
 -- The status page (GET /): per endpoint its state, its attempts in each of
 -- the last $1 minutes (oldest first, the current minute last) from
 -- webhook.endpoint_minutes, its backlog and the age of its oldest pending row
--- (through outbox_queue).
+-- (webhook.endpoint_backlog: the queue's tables and the rows after the
+-- partitions' ticks, not the delivered history).
 SELECT e.name,
        CASE WHEN NOT e.enabled THEN 'disabled' WHEN e.paused_at IS NOT NULL THEN 'paused' ELSE 'running' END AS state,
        e.paused_at,
@@ -22,12 +23,5 @@ SELECT e.name,
                                date_trunc('minute', now()), interval '1 minute') AS g(minute)
           LEFT JOIN webhook.endpoint_minutes c
                  ON c.endpoint_id = e.endpoint_id AND c.minute = g.minute) m
- CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE o.status = 'pending') AS pending,
-               count(*) FILTER (WHERE o.status = 'in_flight') AS in_flight,
-               count(*) FILTER (WHERE o.status = 'dead') AS dead,
-               min(o.created_at) FILTER (WHERE o.status = 'pending') AS oldest_pending_at
-          FROM webhook.outbox o
-         WHERE o.endpoint_id = e.endpoint_id
-           AND o.status IN ('pending', 'in_flight', 'dead')) b
+ CROSS JOIN LATERAL webhook.endpoint_backlog(e.endpoint_id) b
  ORDER BY e.name

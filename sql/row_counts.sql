@@ -1,13 +1,13 @@
 -- For /metrics: rows waiting, in flight and dead per endpoint, and how overdue
--- the most overdue pending row is. Delivered rows are not counted here (that
--- would scan the whole history); the deliveries counter covers them.
+-- the most overdue pending row is, from webhook.endpoint_backlog
+-- (migrations/V10__queue_repairs_and_views.sql): the queue's own tables and
+-- the rows after the partitions' ticks, never the delivered history (the
+-- deliveries counter covers that).
 SELECT e.name,
-       (SELECT count(*) FROM webhook.outbox o WHERE o.endpoint_id = e.endpoint_id AND o.status = 'pending') AS pending,
-       (SELECT count(*) FROM webhook.outbox o WHERE o.endpoint_id = e.endpoint_id AND o.status = 'in_flight') AS in_flight,
-       (SELECT count(*) FROM webhook.outbox o WHERE o.endpoint_id = e.endpoint_id AND o.status = 'dead') AS dead,
-       coalesce(extract(epoch FROM now() - (
-            SELECT min(o.next_attempt_at) FROM webhook.outbox o
-             WHERE o.endpoint_id = e.endpoint_id AND o.status = 'pending' AND o.next_attempt_at <= now()
-       )), 0)::float8 AS oldest_pending_seconds
+       b.pending,
+       b.in_flight,
+       b.dead,
+       coalesce(extract(epoch FROM now() - b.oldest_due_at), 0)::float8 AS oldest_pending_seconds
   FROM webhook.endpoints e
+ CROSS JOIN LATERAL webhook.endpoint_backlog(e.endpoint_id) b
  WHERE e.name = ANY ($1::text[])

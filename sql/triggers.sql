@@ -23,6 +23,10 @@ RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    -- webhook.enqueue's answer (the event id), taken by an assignment: PL/pgSQL
+    -- evaluates a function call assigned to a variable without starting the
+    -- executor, which a PERFORM (a SELECT) does (docs/queue.md, b-final).
+    enqueued     text;
     old_balance  numeric := CASE WHEN TG_OP = 'UPDATE' THEN OLD.balance END;
     -- add_credits: any increase of the balance, or a new row that starts above zero.
     added        boolean := NEW.balance > coalesce(old_balance, 0);
@@ -53,7 +57,7 @@ BEGIN
     END IF;
 
     IF added THEN
-        PERFORM webhook.enqueue('add_credits', jsonb_build_object(
+        enqueued := webhook.enqueue('add_credits', jsonb_build_object(
             'buyerId',      NEW.buyer_id,
             'buyerName',    name,
             'postCodeList', codes,
@@ -61,7 +65,7 @@ BEGIN
             'eventCode',    'add_credits'), NEW.buyer_id);
     END IF;
     IF crossed THEN
-        PERFORM webhook.enqueue('user_credits_zero', jsonb_build_object(
+        enqueued := webhook.enqueue('user_credits_zero', jsonb_build_object(
             'buyerId',          NEW.buyer_id,
             'businessName',     name,
             'postCodeList',     codes,
@@ -93,6 +97,7 @@ SET enable_seqscan = off
 SET jit = off
 AS $$
 DECLARE
+    enqueued   text;  -- webhook.enqueue's answer, taken by an assignment (above)
     affected   text[];
     v_buyer_id text;
     v_event_id text;
@@ -124,7 +129,7 @@ BEGIN
          WHERE b.buyer_id = v_buyer_id;
         CONTINUE WHEN NOT FOUND;
 
-        PERFORM webhook.enqueue('post_code_change', jsonb_build_object(
+        enqueued := webhook.enqueue('post_code_change', jsonb_build_object(
             'buyerId',      v_buyer_id,
             'businessName', name,
             'postCodeList', codes,

@@ -17,13 +17,21 @@ const HISTORY_TABLE: &str = "webhook.schema_history";
 
 /// Applies every migration not yet applied. Idempotent.
 pub async fn run_migrations(client: &mut Client) -> Result<Vec<String>> {
+    run_migrations_to(client, None).await
+}
+
+/// Applies the migrations not yet applied up to `version` (None: all), for a
+/// database built at an older schema to test an upgrade on.
+pub async fn run_migrations_to(client: &mut Client, version: Option<u32>) -> Result<Vec<String>> {
     // The history table lives in schema webhook, which must exist before
     // refinery creates that table.
     client
         .batch_execute("CREATE SCHEMA IF NOT EXISTS webhook")
         .await
         .context("creating schema webhook")?;
-    let report = embedded::migrations::runner()
+    let target = version.map_or(refinery::Target::Latest, refinery::Target::Version);
+    let mut runner = embedded::migrations::runner().set_target(target);
+    let report = runner
         .set_migration_table_name(HISTORY_TABLE)
         .run_async(client)
         .await
@@ -110,6 +118,9 @@ pub async fn sync_endpoints(
         )
         .await
         .context("disabling endpoints no longer configured")?;
+    tx.batch_execute(include_str!("../sql/analyze_endpoints.sql"))
+        .await
+        .context("analyzing webhook.endpoints")?;
     tx.commit().await.context("committing the endpoint sync")?;
     if disabled > 0 {
         tracing::info!(

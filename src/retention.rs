@@ -1,6 +1,8 @@
 //! Retention: removes delivered rows and attempts older than the configured
 //! ages, in short bounded batches, so the history stays the size the operator
 //! chose. Dead rows are never removed here (`webhook.purge_dead` does that).
+//! Delivered rows are removed oldest first by id, their age counted from
+//! `created_at`; each sweep walks from the oldest row to the first young one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use crate::db::Db;
 /// What one sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
-    /// Delivered outbox rows (their attempts went with them).
+    /// Delivered outbox rows (their attempts went in the same statement).
     pub delivered: u64,
     /// Attempts removed for their own age.
     pub attempts: u64,
@@ -57,15 +59,9 @@ pub async fn sweep(
 ) -> Result<Swept> {
     let mut swept = Swept::default();
     if let Some(age) = policy.delivered {
-        swept.delivered = sweep_one(
-            db,
-            include_str!("../sql/retention_delivered.sql"),
-            age,
-            policy.batch,
-            shutdown,
-        )
-        .await
-        .context("removing old delivered rows")?;
+        swept.delivered = sweep_delivered(db, age, policy.batch, shutdown)
+            .await
+            .context("removing old delivered rows")?;
     }
     if let Some(age) = policy.attempts {
         swept.attempts = sweep_one(
@@ -79,6 +75,36 @@ pub async fn sweep(
         .context("removing old attempts")?;
     }
     Ok(swept)
+}
+
+/// Delivered rows, window after window of `batch` rows in id order from the
+/// oldest (sql/retention_delivered.sql), until a window reaches a row still
+/// young or the end of the table. Starting from the oldest row every sweep
+/// means a row that was pending or dead when a sweep passed it (a retry, a
+/// replay) is looked at again by the next one; what each sweep reads before
+/// it gets to old delivered rows is the dead and unsettled rows at the old
+/// end of the table.
+async fn sweep_delivered(
+    db: &Db,
+    age: Duration,
+    batch: u32,
+    shutdown: &CancellationToken,
+) -> Result<u64> {
+    let conn = db.conn().await?;
+    let statement = conn.sql(include_str!("../sql/retention_delivered.sql"));
+    let (age, batch) = (age.as_secs_f64(), i64::from(batch));
+    let (mut total, mut after) = (0, 0i64);
+    while !shutdown.is_cancelled() {
+        let r = conn.query_one(statement, &[&age, &batch, &after]).await;
+        db.report(&r);
+        let row = r?;
+        total += row.get::<_, i64>(0) as u64;
+        match row.get::<_, Option<i64>>(1) {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    Ok(total)
 }
 
 async fn sweep_one(

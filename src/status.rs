@@ -1,8 +1,8 @@
 //! `outbox-relay status`: per endpoint, its state (running, paused by the
 //! circuit breaker or by hand, disabled), rows by status, how long the oldest
 //! pending row has waited, the last five minutes' deliveries, failures and
-//! probes, and the latest error; a table for people, stable JSON (`--json`)
-//! for scripts.
+//! probes, the keys held by a failing event, and the latest error; a table
+//! for people, stable JSON (`--json`) for scripts.
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -38,6 +38,8 @@ pub struct EndpointStatus {
     /// Age of the oldest pending row (since it was written); null if none.
     pub oldest_pending_seconds: Option<f64>,
     pub last_5m: Recent,
+    /// Keys whose head event failed and waits for its retry (webhook.held_keys).
+    pub held_keys: HeldKeys,
     /// The newest failed attempt still in webhook.attempts; null if none.
     pub latest_error: Option<LatestError>,
 }
@@ -57,6 +59,21 @@ pub struct Recent {
     pub failed: i64,
     /// Probes among them (a paused endpoint's).
     pub probes: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HeldKeys {
+    pub count: i64,
+    /// The key held longest; null when none is.
+    pub oldest: Option<HeldKey>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HeldKey {
+    pub ordering_key: String,
+    /// The event that holds it (its outbox row).
+    pub outbox_id: i64,
+    pub since: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +121,14 @@ pub async fn collect(client: &Client) -> Result<Report> {
                     failed: r.get(8),
                     probes: r.get(20),
                 },
+                held_keys: HeldKeys {
+                    count: r.get(21),
+                    oldest: r.get::<_, Option<String>>(22).map(|ordering_key| HeldKey {
+                        ordering_key,
+                        outbox_id: r.get(23),
+                        since: stamp(r.get(24)),
+                    }),
+                },
                 latest_error: error_at.map(|at| LatestError {
                     at: stamp(at),
                     age_seconds: (now - at).num_milliseconds().max(0) as f64 / 1000.0,
@@ -143,6 +168,7 @@ pub fn render_table(report: &Report) -> String {
         "OLDEST PENDING",
         "DELIVERED 5M",
         "FAILED 5M",
+        "HELD KEYS",
     ];
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for ep in &report.endpoints {
@@ -156,6 +182,7 @@ pub fn render_table(report: &Report) -> String {
             ep.oldest_pending_seconds.map_or("-".into(), age),
             ep.last_5m.delivered.to_string(),
             ep.last_5m.failed.to_string(),
+            ep.held_keys.count.to_string(),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
@@ -200,6 +227,14 @@ pub fn render_table(report: &Report) -> String {
             out.push_str(&format!("; last probe {t}"));
         }
         out.push('\n');
+    }
+    for ep in &report.endpoints {
+        if let Some(k) = &ep.held_keys.oldest {
+            out.push_str(&format!(
+                "Held keys: {} has {}; held longest: key {:?} by row {} since {} (webhook.held_keys)\n",
+                ep.name, ep.held_keys.count, k.ordering_key, k.outbox_id, k.since
+            ));
+        }
     }
     let errors: Vec<_> = report
         .endpoints
@@ -271,6 +306,10 @@ mod tests {
                         failed: 0,
                         probes: 0,
                     },
+                    held_keys: HeldKeys {
+                        count: 0,
+                        oldest: None,
+                    },
                     latest_error: None,
                 },
                 EndpointStatus {
@@ -293,6 +332,14 @@ mod tests {
                         failed: 2,
                         probes: 1,
                     },
+                    held_keys: HeldKeys {
+                        count: 3,
+                        oldest: Some(HeldKey {
+                            ordering_key: "0042".into(),
+                            outbox_id: 70,
+                            since: "2024-05-01T11:50:00.000Z".into(),
+                        }),
+                    },
                     latest_error: Some(LatestError {
                         at: "2024-05-01T11:59:48.000Z".into(),
                         age_seconds: 12.0,
@@ -313,24 +360,29 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "ENDPOINT  STATE     PENDING  IN FLIGHT  DELIVERED  DEAD  OLDEST PENDING  DELIVERED 5M  FAILED 5M"
+            "ENDPOINT  STATE     PENDING  IN FLIGHT  DELIVERED  DEAD  OLDEST PENDING  DELIVERED 5M  FAILED 5M  HELD KEYS"
         );
         assert_eq!(
             lines[1],
-            "billing   disabled        0          0         12     0  -                          0          0"
+            "billing   disabled        0          0         12     0  -                          0          0          0"
         );
         assert_eq!(
             lines[2],
-            "crm       paused          3          1       1200     2  4m 12s                    30          2"
+            "crm       paused          3          1       1200     2  4m 12s                    30          2          3"
         );
         assert_eq!(
             lines[4],
             "Paused: crm since 2024-05-01T11:58:00.000Z, by the circuit breaker (probing; the first \
              probe delivered resumes it); last probe 2024-05-01T11:59:48.000Z"
         );
-        assert_eq!(lines[5], "Latest errors:");
         assert_eq!(
-            lines[6],
+            lines[5],
+            "Held keys: crm has 3; held longest: key \"0042\" by row 70 since \
+             2024-05-01T11:50:00.000Z (webhook.held_keys)"
+        );
+        assert_eq!(lines[6], "Latest errors:");
+        assert_eq!(
+            lines[7],
             "  crm: 12s ago, row 77 (evt_1) attempt 3: HTTP 503 Service Unavailable"
         );
     }
@@ -347,6 +399,15 @@ mod tests {
         assert_eq!(crm["state"], "paused");
         assert_eq!(crm["paused_by"], "auto");
         assert_eq!(crm["last_5m"]["probes"], 1);
+        assert_eq!(
+            crm["held_keys"],
+            serde_json::json!({"count": 3, "oldest": {"ordering_key": "0042", "outbox_id": 70,
+                                                     "since": "2024-05-01T11:50:00.000Z"}})
+        );
+        assert_eq!(
+            json["endpoints"][0]["held_keys"],
+            serde_json::json!({"count": 0, "oldest": null})
+        );
     }
 
     #[test]

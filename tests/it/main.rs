@@ -22,4 +22,5 @@ mod reliability;
 mod schema;
 mod ssrf;
 mod triggers;
+mod upgrade;
 mod wakeup;

@@ -122,7 +122,18 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database cloned from the migrated template.
     pub async fn new() -> TestDb {
+        TestDb::create(true).await
+    }
+
+    /// An empty database (no `webhook` schema, no reference schema), for a
+    /// test that builds an older schema itself.
+    pub async fn empty() -> TestDb {
+        TestDb::create(false).await
+    }
+
+    async fn create(from_template: bool) -> TestDb {
         // Relay logs appear in a failing test's output; RUST_LOG picks the level.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -140,10 +151,11 @@ impl TestDb {
         loop {
             // The template may still show the set-up connection for a moment.
             match admin
-                .batch_execute(&format!(
-                    "CREATE DATABASE {name} TEMPLATE {}",
-                    server.template
-                ))
+                .batch_execute(&if from_template {
+                    format!("CREATE DATABASE {name} TEMPLATE {}", server.template)
+                } else {
+                    format!("CREATE DATABASE {name}")
+                })
                 .await
             {
                 Ok(()) => break,
@@ -187,6 +199,57 @@ impl Drop for TestDb {
         .join();
     }
 }
+/// The queue's state as a relay leaves it (V9, V10), set by hand for tests of
+/// the DBA's functions and views: rows `ids` dead, each with its
+/// webhook.dead_rows row.
+pub async fn set_dead(c: &Client, ids: &[i64]) {
+    c.execute(
+        "WITH d AS (UPDATE webhook.outbox SET status = 'dead' WHERE id = ANY ($1) RETURNING id, endpoint_id)
+         INSERT INTO webhook.dead_rows (outbox_id, endpoint_id) SELECT id, endpoint_id FROM d
+         ON CONFLICT DO NOTHING",
+        &[&ids],
+    )
+    .await
+    .unwrap();
+}
+
+/// Row `id` failed `attempts` times (last error 'HTTP 503') and holds its key
+/// until its retry in `retry_in` (an interval, e.g. '10 minutes').
+pub async fn hold(c: &Client, id: i64, attempts: i32, retry_in: &str) {
+    c.batch_execute(&format!(
+        "UPDATE webhook.outbox SET attempts = {attempts}, last_error = 'HTTP 503',
+                next_attempt_at = now() + interval '{retry_in}' WHERE id = {id};
+         INSERT INTO webhook.holds (endpoint_id, ordering_key, outbox_id, next_attempt_at)
+         SELECT endpoint_id, ordering_key, id, next_attempt_at FROM webhook.outbox WHERE id = {id};"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Row `id` waits parked behind its key's held head.
+pub async fn park(c: &Client, id: i64) {
+    c.execute(
+        "INSERT INTO webhook.parked (endpoint_id, ordering_key, outbox_id)
+         SELECT endpoint_id, ordering_key, id FROM webhook.outbox WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+}
+
+/// Row `id` failed `attempts` times and waits outside any key's order for
+/// its retry in `retry_in` (webhook.redeliveries).
+pub async fn redeliver(c: &Client, id: i64, attempts: i32, retry_in: &str) {
+    c.batch_execute(&format!(
+        "UPDATE webhook.outbox SET attempts = {attempts}, next_attempt_at = now() + interval '{retry_in}'
+          WHERE id = {id};
+         INSERT INTO webhook.redeliveries (outbox_id, endpoint_id, next_attempt_at)
+         SELECT id, endpoint_id, next_attempt_at FROM webhook.outbox WHERE id = {id};"
+    ))
+    .await
+    .unwrap();
+}
+
 /// Waits until `check` returns Some, or panics with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
