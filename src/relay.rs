@@ -94,8 +94,16 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let relay_name = cfg.relay_name.clone().unwrap_or_else(default_relay_name);
     tracing::info!(relay = %relay_name, endpoints = cfg.endpoints.len(), listen = %http_addr, "relay starting");
 
-    let queue_db = Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
-    let outcomes_db = Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
+    let queue_db = Arc::new(
+        Db::new(database_url.clone(), metrics.clone())
+            .pooled(cfg.pooled)
+            .for_queue(),
+    );
+    let outcomes_db = Arc::new(
+        Db::new(database_url.clone(), metrics.clone())
+            .pooled(cfg.pooled)
+            .for_queue(),
+    );
     let housekeeping_db =
         Arc::new(Db::new(database_url.clone(), metrics.clone()).pooled(cfg.pooled));
 

@@ -182,27 +182,55 @@ async fn event_ids_carry_their_time_and_sort_by_it() {
         .get(0);
     assert_eq!(distinct, 1000);
 }
+const READ: &str = include_str!("../../sql/queue/read.sql");
+const WRITE_BACK: &str = include_str!("../../sql/queue/write_back.sql");
+const READ_TYPES: &str = "int, text, text[], text, int[], bigint, bigint, int";
+const WRITE_BACK_TYPES: &str =
+    "bigint[], int[], text[], timestamptz[], int[], int[], text[], text[], \
+     timestamptz[], text, text[], text[], text[], boolean[]";
+
+/// The snapshot now, as the read's previous tick: its xmax and its list.
+async fn tick(c: &tokio_postgres::Client) -> (String, String) {
+    let r = c
+        .query_one(
+            "SELECT pg_snapshot_xmax(s)::text,
+                    coalesce((SELECT array_agg(x)::text FROM pg_snapshot_xip(s) x), '{}')
+               FROM pg_current_snapshot() s",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+const ALL_PARTS: &str = "'{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}'";
+
 #[tokio::test]
-async fn claiming_is_an_index_scan_whatever_the_delivered_history() {
+async fn reading_is_a_range_of_the_xid_index_whatever_the_delivered_history() {
     let db = TestDb::new().await;
     let c = db.client().await;
     c.batch_execute(
         "INSERT INTO webhook.endpoints (name, url, events) VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}');
          INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id, status, attempts, delivered_at, created_at, next_attempt_at)
          SELECT 'evt_' || g, 'add_credits', '{}', 1, 'delivered', 1, now(), now() - interval '1 day', now() - interval '1 day'
-           FROM generate_series(1, 200000) g;
-         INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id)
+           FROM generate_series(1, 200000) g;",
+    )
+    .await
+    .unwrap();
+    let (xmax, xip) = tick(&c).await;
+    c.batch_execute(
+        "INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id)
          SELECT 'evt_p' || g, 'add_credits', '{}', 1 FROM generate_series(1, 50) g;
          ANALYZE webhook.outbox;",
     )
     .await
     .unwrap();
-    let sql = include_str!("../../sql/claim.sql");
-    c.batch_execute(&format!("PREPARE claim(int, int, float8, text) AS {sql}"))
+    c.batch_execute(&format!("PREPARE read({READ_TYPES}) AS {READ}"))
         .await
         .unwrap();
+    let call = format!("EXECUTE read(1, '{xmax}', '{xip}', NULL, {ALL_PARTS}, 500, 0, 15)");
     let plan: Vec<String> = c
-        .query("EXPLAIN EXECUTE claim(1, 100, 30, 'test')", &[])
+        .query(&format!("EXPLAIN {call}"), &[])
         .await
         .unwrap()
         .iter()
@@ -210,23 +238,20 @@ async fn claiming_is_an_index_scan_whatever_the_delivered_history() {
         .collect();
     let plan = plan.join("\n");
     assert!(
-        plan.contains("outbox_queue"),
-        "claim does not use the partial index:\n{plan}"
+        plan.contains("outbox_endpoint_xid"),
+        "the read does not use the transaction id index:\n{plan}"
     );
     assert!(
         !plan.contains("Seq Scan on outbox"),
-        "claim scans the table:\n{plan}"
+        "the read scans the table:\n{plan}"
     );
-    // And it claims the pending rows only.
-    let rows = c
-        .query("EXECUTE claim(1, 100, 30, 'test')", &[])
-        .await
-        .unwrap();
+    // It returns the rows committed after the tick only.
+    let rows = c.query(&call, &[]).await.unwrap();
     assert_eq!(rows.len(), 50);
 }
 
 #[tokio::test]
-async fn write_backs_are_fenced_by_the_claim() {
+async fn write_backs_are_fenced_by_the_row_version_read_and_its_attempts() {
     let db = TestDb::new().await;
     let c = db.client().await;
     c.batch_execute(
@@ -235,25 +260,20 @@ async fn write_backs_are_fenced_by_the_claim() {
     )
     .await
     .unwrap();
-    let claim = c
-        .prepare(include_str!("../../sql/claim.sql"))
-        .await
-        .unwrap();
-    let complete = c
-        .prepare(include_str!("../../sql/complete.sql"))
-        .await
-        .unwrap();
-    let row = c
-        .query_one(&claim, &[&1i32, &10i64, &30.0f64, &"relay-a"])
-        .await
-        .unwrap();
-    let (id, attempt, lease, version): (i64, i32, std::time::SystemTime, String) =
-        (row.get(0), row.get(2), row.get(4), row.get(5));
-    let write = |attempt: i32, lease: std::time::SystemTime, version: String| {
-        let (c, complete) = (&c, &complete);
+    let write_back = c.prepare(WRITE_BACK).await.unwrap();
+    let read = |sql: &'static str| {
+        let c = &c;
+        async move {
+            let r = c.query_one(sql, &[]).await.unwrap();
+            (r.get::<_, i64>(0), r.get::<_, String>(1))
+        }
+    };
+    let (id, version) = read("SELECT id, ctid::text FROM webhook.outbox").await;
+    let write = |attempt: i32, version: String| {
+        let (c, write_back) = (&c, &write_back);
         async move {
             c.execute(
-                complete,
+                write_back,
                 &[
                     &vec![id],
                     &vec![attempt],
@@ -265,46 +285,36 @@ async fn write_backs_are_fenced_by_the_claim() {
                     &vec![None::<&str>],
                     &vec![None::<std::time::SystemTime>],
                     &"relay-a",
-                    &vec![lease],
                     &vec![version],
+                    &vec![None::<&str>],
+                    &vec!["log"],
+                    &vec![true],
                 ],
             )
             .await
             .unwrap()
         }
     };
-    // A newer claim of the same attempt number (as after a replay reset the
-    // count) has another lease: the stale outcome must not land.
-    c.batch_execute(
-        "UPDATE webhook.outbox SET lease_expires_at = lease_expires_at + interval '1 second'",
-    )
-    .await
-    .unwrap();
+    // A DBA (or a replay) changed the row since it was read: a new version.
+    c.batch_execute("UPDATE webhook.outbox SET last_error = 'looked at by hand'")
+        .await
+        .unwrap();
     assert_eq!(
-        write(attempt, lease, version.clone()).await,
+        write(1, version.clone()).await,
         0,
-        "a stale claim's outcome was written"
+        "an outcome was written over a row version it was not read from"
     );
-    assert_eq!(write(attempt + 1, lease, version.clone()).await, 0);
-    let (newer, newer_version): (std::time::SystemTime, String) = {
-        let r = c
-            .query_one(
-                "SELECT lease_expires_at, ctid::text FROM webhook.outbox",
-                &[],
-            )
-            .await
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (_, newer) = read("SELECT id, ctid::text FROM webhook.outbox").await;
     assert_eq!(
-        write(attempt, newer, version).await,
+        write(2, newer.clone()).await,
         0,
-        "an outcome was written over a row version its claim did not make"
+        "an outcome that skips an attempt was written"
     );
+    assert_eq!(write(1, newer.clone()).await, 1, "the outcome is written");
     assert_eq!(
-        write(attempt, newer, newer_version).await,
-        1,
-        "the current claim's outcome is written"
+        write(1, newer).await,
+        0,
+        "the same attempt was written twice"
     );
     let (status, attempts): (String, i64) = {
         let r = c
@@ -359,10 +369,10 @@ async fn endpoints_are_never_deleted_or_renumbered() {
 
 /// The relay prepares its statements once per connection, often while the
 /// outbox is empty (a fresh install, a quiet night), and Postgres may keep a
-/// plan made from those statistics. A claim or write-back must stay a few
+/// plan made from those statistics. A read or write-back must stay a few
 /// index look-ups when the table then fills up, not a walk over all of it.
 #[tokio::test]
-async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
+async fn reads_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
     let db = TestDb::new().await;
     let c = db.client().await;
     c.batch_execute(
@@ -374,28 +384,37 @@ async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
     c.batch_execute(outbox_relay::db::SESSION_SETUP)
         .await
         .unwrap();
-    let claim = include_str!("../../sql/claim.sql");
-    let complete = include_str!("../../sql/complete.sql");
+    c.batch_execute(outbox_relay::db::QUEUE_SESSION_SETUP)
+        .await
+        .unwrap();
     c.batch_execute(&format!(
-        "PREPARE claim(int, int, float8, text) AS {claim};
-         PREPARE complete(bigint[], int[], text[], timestamptz[], int[], int[], text[], text[],
-                          timestamptz[], text, timestamptz[], text[]) AS {complete};"
+        "PREPARE read({READ_TYPES}) AS {READ};
+         PREPARE write_back({WRITE_BACK_TYPES}) AS {WRITE_BACK};"
     ))
     .await
     .unwrap();
     // Plans cached while the table is empty: Postgres settles on a generic
     // plan after five executions.
+    let (xmax, xip) = tick(&c).await;
     for _ in 0..6 {
-        c.batch_execute(
-            "EXECUTE claim(1, 32, 30, 'test');
-             EXECUTE complete('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 'test', '{}', '{}');",
-        )
+        c.batch_execute(&format!(
+            "EXECUTE read(1, '{xmax}', '{xip}', NULL, {ALL_PARTS}, 500, 0, 15);
+             EXECUTE write_back('{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', 'test',
+                                '{{}}', '{{}}', '{{}}', '{{}}');"
+        ))
         .await
         .unwrap();
     }
     c.batch_execute(
         "INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id)
          SELECT 'evt_' || g, 'add_credits', '{}', 1 FROM generate_series(1, 30000) g;",
+    )
+    .await
+    .unwrap();
+    let (xmax, xip) = tick(&c).await;
+    c.batch_execute(
+        "INSERT INTO webhook.outbox (event_id, event_code, payload, endpoint_id)
+         SELECT 'evt_n' || g, 'add_credits', '{}', 1 FROM generate_series(1, 32) g;",
     )
     .await
     .unwrap();
@@ -419,48 +438,39 @@ async fn claims_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
                 .collect::<Vec<_>>()
         }
     };
-    let plan =
-        explain("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim(1, 32, 30, 'test')".into())
-            .await;
-    let claim_buffers = buffers(&plan);
+    let call = format!("EXECUTE read(1, '{xmax}', '{xip}', NULL, {ALL_PARTS}, 500, 0, 15)");
+    let plan = explain(format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {call}")).await;
+    let read_buffers = buffers(&plan);
     assert!(
-        claim_buffers < 1_000,
-        "claiming 32 of 30,000 rows touched {claim_buffers} buffers:\n{}",
+        read_buffers < 1_000,
+        "reading 32 new of 30,032 rows touched {read_buffers} buffers:\n{}",
         plan.join("\n")
     );
-
-    let claimed = c
-        .query(
-            "SELECT id, lease_expires_at::text, ctid::text FROM webhook.outbox WHERE status = 'in_flight' ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 32);
-    let ids: Vec<String> = claimed
+    let read = c.query(&call, &[]).await.unwrap();
+    assert_eq!(read.len(), 32);
+    let ids: Vec<String> = read
         .iter()
-        .map(|r| r.get::<_, i64>(0).to_string())
+        .map(|r| r.get::<_, i64>(1).to_string())
         .collect();
-    let versions: Vec<String> = claimed
+    let versions: Vec<String> = read
         .iter()
-        .map(|r| format!("\"{}\"", r.get::<_, String>(2)))
+        .map(|r| format!("\"{}\"", r.get::<_, String>(5)))
         .collect();
     let n = ids.len();
     let plan = explain(format!(
-        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE complete('{{{}}}', array_fill(1, ARRAY[{n}]),
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE write_back('{{{}}}', array_fill(1, ARRAY[{n}]),
              array_fill('delivered'::text, ARRAY[{n}]), array_fill(now(), ARRAY[{n}]), array_fill(1, ARRAY[{n}]),
              array_fill(200, ARRAY[{n}]), array_fill(''::text, ARRAY[{n}]), array_fill(NULL::text, ARRAY[{n}]),
-             array_fill(NULL::timestamptz, ARRAY[{n}]), 'test', array_fill('{}'::timestamptz, ARRAY[{n}]),
-             '{{{}}}')",
+             array_fill(NULL::timestamptz, ARRAY[{n}]), 'test', '{{{}}}', array_fill(NULL::text, ARRAY[{n}]),
+             array_fill('log'::text, ARRAY[{n}]), array_fill(true, ARRAY[{n}]))",
         ids.join(","),
-        claimed[0].get::<_, String>(1),
         versions.join(",")
     ))
     .await;
-    let complete_buffers = buffers(&plan);
+    let write_buffers = buffers(&plan);
     assert!(
-        complete_buffers < 2_000,
-        "writing back 32 outcomes touched {complete_buffers} buffers:\n{}",
+        write_buffers < 2_000,
+        "writing back 32 outcomes touched {write_buffers} buffers:\n{}",
         plan.join("\n")
     );
     let delivered: i64 = c
