@@ -213,6 +213,7 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
         relay_name.clone(),
         cfg.lease,
         owners,
+        stop_claiming.clone(),
         ownership_stop.clone(),
     ));
 

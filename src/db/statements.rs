@@ -29,6 +29,7 @@ pub struct Statements {
     pub redeliveries_due: Stmt,
     pub cursor: Stmt,
     pub heartbeat: Stmt,
+    pub relay_gone: Stmt,
     pub partitions_make: Stmt,
     pub renew: Stmt,
     pub take: Stmt,
@@ -46,7 +47,7 @@ pub struct Statements {
 }
 
 /// The SQL of [`Statements`], in the order of its fields.
-const NAMED_SQL: [&str; 24] = [
+const NAMED_SQL: [&str; 25] = [
     include_str!("../../sql/queue/read.sql"),
     include_str!("../../sql/queue/read_ids.sql"),
     include_str!("../../sql/queue/read_rows.sql"),
@@ -57,6 +58,7 @@ const NAMED_SQL: [&str; 24] = [
     include_str!("../../sql/queue/redeliveries_due.sql"),
     include_str!("../../sql/queue/cursor.sql"),
     include_str!("../../sql/queue/heartbeat.sql"),
+    include_str!("../../sql/queue/relay_gone.sql"),
     include_str!("../../sql/queue/partitions_make.sql"),
     include_str!("../../sql/queue/renew.sql"),
     include_str!("../../sql/queue/take.sql"),
@@ -238,6 +240,7 @@ async fn statements(
         redeliveries_due: next(),
         cursor: next(),
         heartbeat: next(),
+        relay_gone: next(),
         partitions_make: next(),
         renew: next(),
         take: next(),

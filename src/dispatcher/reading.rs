@@ -25,6 +25,10 @@ pub const BUDGET: usize = 10_000;
 /// up with the writers, and reading again at once would mostly fetch one row
 /// per statement.
 const CAUGHT_UP_PAUSE: Duration = Duration::from_millis(1);
+/// While events read earlier are still being sent, an empty read is followed
+/// by a longer pause each time, up to this: the loop is busy, its switch stays
+/// off (writers send no NOTIFY), and new rows are found within this long.
+const BUSY_MAX_PAUSE: Duration = Duration::from_millis(8);
 /// Empty reads in a row (1 ms apart) before the loop arms its switch.
 const LINGER_READS: u32 = 3;
 /// Longest pause between two checks while waiting for writers that were in
@@ -72,6 +76,12 @@ pub struct Reading {
     wakeup: Wakeup,
     read_at: Option<Instant>,
     poll_interval: Duration,
+    /// The pause after an empty read while events are still being sent.
+    busy_pause: Duration,
+    /// The switch may be on without this loop having armed it (it is on
+    /// when an endpoint is made, and a relay before this one may have left
+    /// it on): the first read that finds rows turns it off.
+    maybe_armed: bool,
 }
 
 impl Reading {
@@ -83,6 +93,8 @@ impl Reading {
             wakeup: Wakeup::Busy,
             read_at: Some(Instant::now()),
             poll_interval,
+            busy_pause: CAUGHT_UP_PAUSE,
+            maybe_armed: true,
         }
     }
 
@@ -296,16 +308,29 @@ impl Loop {
             }
             self.reading.parts.extend(job.parts.iter().copied());
             self.reading.read_at = Some(Instant::now());
-            return;
+            if job.found == 0 {
+                return;
+            }
+        } else {
+            self.reading.prev = job.cur.clone();
         }
-        self.reading.prev = job.cur.clone();
         let now = Instant::now();
         if job.found > 0 {
-            if !matches!(self.reading.wakeup, Wakeup::Busy | Wakeup::Lingering(_)) {
+            if self.reading.maybe_armed
+                || !matches!(self.reading.wakeup, Wakeup::Busy | Wakeup::Lingering(_))
+            {
                 self.disarm();
+                self.reading.maybe_armed = false;
             }
             self.reading.wakeup = Wakeup::Busy;
+            self.reading.busy_pause = CAUGHT_UP_PAUSE;
             self.reading.read_at = Some(now + CAUGHT_UP_PAUSE);
+            return;
+        }
+        if self.keys.in_memory() > 0 && matches!(self.reading.wakeup, Wakeup::Busy) {
+            // Still sending what was read: busy, not idle.
+            self.reading.busy_pause = (self.reading.busy_pause * 2).min(BUSY_MAX_PAUSE);
+            self.reading.read_at = Some(now + self.reading.busy_pause);
             return;
         }
         let poll = self.reading.poll_interval;

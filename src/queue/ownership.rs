@@ -63,11 +63,14 @@ pub fn renew_every(lease: Duration) -> Duration {
 }
 
 /// Runs until `stop`: renews, takes, and publishes each endpoint's [`Owned`].
+/// Once `no_more` is cancelled (shutdown has begun) it takes nothing new,
+/// only renews what the loops still hold until they give it back.
 pub async fn run(
     db: Arc<Db>,
     relay: String,
     lease: Duration,
     endpoints: Vec<(i32, watch::Sender<Owned>)>,
+    no_more: CancellationToken,
     stop: CancellationToken,
 ) {
     let mut taken = 0u64;
@@ -78,7 +81,10 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = timer.tick() => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                gone(&db, &relay).await;
+                return;
+            }
         }
         let started = Instant::now();
         let relays = match heartbeat(&db, &relay, lease).await {
@@ -93,7 +99,12 @@ pub async fn run(
         };
         for (i, (id, tx)) in endpoints.iter().enumerate() {
             let owned = &mut state[i];
-            match cycle(&db, *id, &relay, lease, relays, !made[i], owned, &mut taken).await {
+            let take = !no_more.is_cancelled();
+            match cycle(
+                &db, *id, &relay, lease, relays, !made[i], take, owned, &mut taken,
+            )
+            .await
+            {
                 Ok(()) => {
                     made[i] = true;
                     owned.lease_until = Some(started + lease);
@@ -110,6 +121,20 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Takes this relay out of the count at a graceful stop.
+async fn gone(db: &Db, relay: &str) {
+    let r = async {
+        let conn = db.conn().await?;
+        let r = conn.execute(&conn.st.relay_gone, &[&relay]).await;
+        db.report(&r);
+        r.context("removing the relay's heartbeat")
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::debug!(error = %format!("{e:#}"), "the relay's heartbeat stays until it ages out");
     }
 }
 
@@ -130,6 +155,7 @@ async fn cycle(
     lease: Duration,
     relays: i64,
     make: bool,
+    take: bool,
     owned: &mut Owned,
     taken: &mut u64,
 ) -> Result<()> {
@@ -158,7 +184,7 @@ async fn cycle(
         partitions = owned.partitions,
         "partitions renewed"
     );
-    if owned.parts.len() < owned.share {
+    if take && owned.parts.len() < owned.share {
         let want = (owned.share - owned.parts.len()) as i64;
         let r = conn
             .query(&conn.st.take, &[&endpoint, &relay, &secs, &want])

@@ -447,6 +447,22 @@ async fn two_relays_deliver_2000_events_without_duplicates() {
     let rx = Receiver::ok().await;
     let a = start(&db, config("relay_name = \"a\"", &[("crm", &rx.url, "")])).await;
     let b = start(&db, config("relay_name = \"b\"", &[("crm", &rx.url, "")])).await;
+    // The endpoint's 16 partitions end shared, eight each (the first relay
+    // took them all, and gives half back once it sees the second).
+    wait_for("the partitions shared", Duration::from_secs(30), || async {
+        let shares: Vec<i64> = c
+            .query(
+                "SELECT count(*) FROM webhook.partitions GROUP BY owner ORDER BY owner",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        (shares == [8, 8]).then_some(())
+    })
+    .await;
     for _ in 0..10 {
         enqueue(&c, 200).await;
     }
