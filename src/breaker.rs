@@ -97,6 +97,12 @@ impl Breaker {
             .merge_older(older);
     }
 
+    /// The paused state as a read of the log found it (between two reports).
+    pub fn seen_paused(&self, paused: bool) {
+        self.paused
+            .send_if_modified(|p| std::mem::replace(p, paused) != paused);
+    }
+
     /// Whether the endpoint is paused, as this relay last read it; changes
     /// wake the endpoint's loop.
     pub fn paused(&self) -> watch::Receiver<bool> {

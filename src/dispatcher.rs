@@ -599,6 +599,7 @@ impl Loop {
             key: ev.key.clone(),
             source: ev.source.name(),
             loose,
+            probe,
             token: ev.token,
         };
         let _ = self.shared.done.send(w).await;

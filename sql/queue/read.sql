@@ -12,9 +12,11 @@
 -- Each arm of the OR names the endpoint and both bounds, so each is a range
 -- of outbox_endpoint_xid (a BitmapOr). Rows already written back (after a
 -- take-over: delivered, dead, held, retried) and replayed rows (sent from
--- webhook.redeliveries) are skipped.
-SELECT s.cur::text AS tick, o.id, o.event_id, o.ordering_key, o.payload, o.ctid, o.part
-  FROM (SELECT coalesce($4::text::pg_snapshot, pg_current_snapshot()) AS cur) s
+-- webhook.redeliveries) are skipped. `paused` is the endpoint's pause (by
+-- the breaker or by hand), so that every relay stops sending at its next read.
+SELECT s.cur::text AS tick, o.id, o.event_id, o.ordering_key, o.payload, o.ctid, o.part, s.paused
+  FROM (SELECT coalesce($4::text::pg_snapshot, pg_current_snapshot()) AS cur,
+               (SELECT e.paused_at IS NOT NULL FROM webhook.endpoints e WHERE e.endpoint_id = $1) AS paused) s
   LEFT JOIN LATERAL (
         SELECT o.id, o.event_id, o.ordering_key, o.payload::text AS payload, o.ctid::text AS ctid,
                hashtext(coalesce(o.ordering_key, o.event_id)) & $8 AS part

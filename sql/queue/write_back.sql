@@ -17,15 +17,17 @@
 -- relay name, $11 row versions (ctid as text), $12 ordering keys (NULL:
 -- unordered), $13 where each event came from ('log', 'parked', 'held': a held
 -- head, 'redelivery'), $14 whether its retries go through
--- webhook.redeliveries (unordered, or replayed). Each table beside the outbox
--- is only looked at for the rows that can have a row in it.
+-- webhook.redeliveries (unordered, or replayed), $15 whether the attempt was
+-- a probe of a paused endpoint (a delivered one; a failed probe is
+-- sql/queue/probe_failed.sql). Each table beside the outbox is only looked at
+-- for the rows that can have a row in it.
 WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::int[],
                   $6::int[], $7::text[], $8::text[], $9::timestamptz[], $11::text[]::tid[],
-                  $12::text[], $13::text[], $14::boolean[])
+                  $12::text[], $13::text[], $14::boolean[], $15::boolean[])
            AS r(id, attempt, status, started_at, ms, response_status, response_body, error,
-                next_attempt_at, version, ordering_key, source, loose)
+                next_attempt_at, version, ordering_key, source, loose, probe)
 ), updated AS (
     -- Rows are found by their address (a TID scan); `id + 0` keeps the
     -- planner from walking the primary key instead.
@@ -45,7 +47,7 @@ WITH r AS (
        AND o.id + 0 = r.id
        AND o.attempts = r.attempt - 1
     RETURNING o.id, o.endpoint_id, r.attempt, r.status, r.started_at, r.ms, r.response_status,
-              r.response_body, r.error, r.next_attempt_at, r.ordering_key, r.source, r.loose
+              r.response_body, r.error, r.next_attempt_at, r.ordering_key, r.source, r.loose, r.probe
 ), held AS (
     INSERT INTO webhook.holds AS h (endpoint_id, ordering_key, outbox_id, next_attempt_at)
     SELECT u.endpoint_id, u.ordering_key, u.id, u.next_attempt_at
@@ -80,6 +82,6 @@ WITH r AS (
     SELECT u.id, u.endpoint_id FROM updated u WHERE u.status = 'dead'
     ON CONFLICT DO NOTHING
 )
-INSERT INTO webhook.attempts (outbox_id, attempt, started_at, duration_ms, response_status, response_body, error, relay)
-SELECT id, attempt, started_at, ms, response_status, response_body, error, $10
+INSERT INTO webhook.attempts (outbox_id, attempt, started_at, duration_ms, response_status, response_body, error, relay, probe)
+SELECT id, attempt, started_at, ms, response_status, response_body, error, $10, probe
   FROM updated

@@ -246,8 +246,9 @@ impl Loop {
             *ids = next.into();
             return Ok(ids.is_empty() && !*more);
         }
-        let (tick, rows) =
+        let reader::Page { tick, rows, paused } =
             reader::read(&conn, &scope, &job.prev, job.cur.as_ref(), job.after, limit).await?;
+        self.ep.breaker.seen_paused(paused);
         if job.cur.is_none() {
             job.cur = Some(tick.clone());
         }

@@ -69,7 +69,7 @@ pub async fn send(
         ("delivered", None, None, "delivered")
     } else if probe {
         let error = attempt.error.clone().unwrap_or_default();
-        tracing::info!(status = attempt.status, ms, error = %error, "probe failed");
+        tracing::debug!(status = attempt.status, ms, error = %error, "probe failed");
         ("pending", None, Some(error), "retry")
     } else {
         let error = attempt.error.clone().unwrap_or_default();

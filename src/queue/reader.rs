@@ -111,6 +111,15 @@ impl Row {
     }
 }
 
+/// What a read returns.
+pub struct Page {
+    /// The tick read to.
+    pub tick: Tick,
+    pub rows: Vec<Row>,
+    /// Whether the endpoint is paused.
+    pub paused: bool,
+}
+
 /// A page of the rows committed after `prev` and by `cur` (this statement's
 /// own snapshot when `None`), with ids after `after`; and the tick it read to.
 pub async fn read(
@@ -120,7 +129,7 @@ pub async fn read(
     cur: Option<&Tick>,
     after: i64,
     limit: i64,
-) -> Result<(Tick, Vec<Row>)> {
+) -> Result<Page> {
     let cur_text = cur.map(|t| t.text().to_string());
     let rows = conn
         .query(
@@ -139,10 +148,12 @@ pub async fn read(
         .await
         .context("reading the log")?;
     let mut tick = None;
+    let mut paused = false;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         if tick.is_none() {
             tick = Some(Tick::parse(r.get::<_, &str>(0)).map_err(anyhow::Error::msg)?);
+            paused = r.get::<_, Option<bool>>(7).unwrap_or(false);
         }
         let Some(id) = r.get::<_, Option<i64>>(1) else {
             continue;
@@ -157,7 +168,11 @@ pub async fn read(
         });
     }
     let tick = tick.context("the read returned no tick")?;
-    Ok((tick, out))
+    Ok(Page {
+        tick,
+        rows: out,
+        paused,
+    })
 }
 
 /// The ids of a big tick's rows after `after`, at most `limit`.

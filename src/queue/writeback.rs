@@ -49,6 +49,8 @@ pub enum Write {
         source: &'static str,
         /// Its retries go through `webhook.redeliveries`.
         loose: bool,
+        /// A delivered probe of a paused endpoint.
+        probe: bool,
         token: Token,
     },
     /// A probe that failed: only its attempt is recorded.
@@ -131,6 +133,7 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
     let mut keys = Vec::new();
     let mut sources = Vec::new();
     let mut loose_flags = Vec::new();
+    let mut probe_flags = Vec::new();
     for w in batch {
         match w {
             Write::Outcome {
@@ -138,6 +141,7 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
                 key,
                 source,
                 loose,
+                probe,
                 ..
             } => {
                 ids.push(c.id);
@@ -153,6 +157,7 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
                 keys.push(key.as_deref());
                 sources.push(*source);
                 loose_flags.push(*loose);
+                probe_flags.push(*probe);
             }
             Write::ProbeFailed {
                 id,
@@ -204,6 +209,7 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
                 &keys,
                 &sources,
                 &loose_flags,
+                &probe_flags,
             ],
         )
         .await;

@@ -187,7 +187,7 @@ const WRITE_BACK: &str = include_str!("../../sql/queue/write_back.sql");
 const READ_TYPES: &str = "int, text, text[], text, int[], bigint, bigint, int";
 const WRITE_BACK_TYPES: &str =
     "bigint[], int[], text[], timestamptz[], int[], int[], text[], text[], \
-     timestamptz[], text, text[], text[], text[], boolean[]";
+     timestamptz[], text, text[], text[], text[], boolean[], boolean[]";
 
 /// The snapshot now, as the read's previous tick: its xmax and its list.
 async fn tick(c: &tokio_postgres::Client) -> (String, String) {
@@ -289,6 +289,7 @@ async fn write_backs_are_fenced_by_the_row_version_read_and_its_attempts() {
                     &vec![None::<&str>],
                     &vec!["log"],
                     &vec![true],
+                    &vec![false],
                 ],
             )
             .await
@@ -400,7 +401,7 @@ async fn reads_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
         c.batch_execute(&format!(
             "EXECUTE read(1, '{xmax}', '{xip}', NULL, {ALL_PARTS}, 500, 0, 15);
              EXECUTE write_back('{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', 'test',
-                                '{{}}', '{{}}', '{{}}', '{{}}');"
+                                '{{}}', '{{}}', '{{}}', '{{}}', '{{}}');"
         ))
         .await
         .unwrap();
@@ -462,7 +463,7 @@ async fn reads_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
              array_fill('delivered'::text, ARRAY[{n}]), array_fill(now(), ARRAY[{n}]), array_fill(1, ARRAY[{n}]),
              array_fill(200, ARRAY[{n}]), array_fill(''::text, ARRAY[{n}]), array_fill(NULL::text, ARRAY[{n}]),
              array_fill(NULL::timestamptz, ARRAY[{n}]), 'test', '{{{}}}', array_fill(NULL::text, ARRAY[{n}]),
-             array_fill('log'::text, ARRAY[{n}]), array_fill(true, ARRAY[{n}]))",
+             array_fill('log'::text, ARRAY[{n}]), array_fill(true, ARRAY[{n}]), array_fill(false, ARRAY[{n}]))",
         ids.join(","),
         versions.join(",")
     ))
