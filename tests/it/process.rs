@@ -219,7 +219,10 @@ async fn a_killed_relay_has_its_events_resent_after_the_lease_with_the_same_id()
         .await
         .unwrap()
         .get(0);
-    assert_eq!(held, 16, "the killed relay's partitions stay owned until the lease ends");
+    assert_eq!(
+        held, 16,
+        "the killed relay's partitions stay owned until the lease ends"
+    );
     assert_eq!(count_status(&c, "pending").await, 5);
 
     let second = start(
