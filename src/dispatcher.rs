@@ -541,7 +541,10 @@ impl Loop {
         self.in_flight = self.in_flight.saturating_sub(1);
         let Sent { ev, probe, result } = sent;
         let (c, delivered) = match result {
-            send::Result::Abandoned => return,
+            send::Result::Abandoned => {
+                self.shared.metrics.abandoned.inc();
+                return;
+            }
             send::Result::Attempted { c, delivered } => (c, delivered),
         };
         if probe {

@@ -56,8 +56,8 @@ pub struct Metrics {
     pub results: Family<ClassLabels, Counter>,
     pub rows: Family<RowLabels, Gauge>,
     pub oldest_pending_seconds: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
-    pub released: Counter,
-    pub rescued: Counter,
+    pub abandoned: Counter,
+    pub taken_over: Counter,
     pub database_up: Gauge,
     pub listener_up: Gauge,
     pub ready: Gauge,
@@ -113,17 +113,17 @@ impl Metrics {
             "How long the most overdue pending row has been due, sampled",
             oldest_pending_seconds.clone(),
         );
-        let released = Counter::default();
+        let abandoned = Counter::default();
         registry.register(
-            "released_rows",
-            "Claimed rows given back unattempted at shutdown",
-            released.clone(),
+            "abandoned_attempts",
+            "Attempts abandoned at the shutdown deadline (their events are sent again)",
+            abandoned.clone(),
         );
-        let rescued = Counter::default();
+        let taken_over = Counter::default();
         registry.register(
-            "rescued_rows",
-            "Rows whose lease expired and were put back to pending",
-            rescued.clone(),
+            "partitions_taken_over",
+            "Partitions this relay took from a relay whose lease had expired",
+            taken_over.clone(),
         );
         let database_up = Gauge::default();
         registry.register(
@@ -172,8 +172,8 @@ impl Metrics {
             results,
             rows,
             oldest_pending_seconds,
-            released,
-            rescued,
+            abandoned,
+            taken_over,
             database_up,
             listener_up,
             db_ok: AtomicBool::new(false),

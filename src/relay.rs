@@ -210,6 +210,7 @@ pub async fn start(cfg: Config, database_url: String) -> Result<Relay> {
     let ownership_stop = CancellationToken::new();
     let ownership_task = tokio::spawn(ownership::run(
         housekeeping_db.clone(),
+        metrics.clone(),
         relay_name.clone(),
         cfg.lease,
         owners,

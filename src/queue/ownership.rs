@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ticks::Tick;
 use crate::db::Db;
+use crate::metrics::Metrics;
 
 /// A partition as this relay holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +66,10 @@ pub fn renew_every(lease: Duration) -> Duration {
 /// Runs until `stop`: renews, takes, and publishes each endpoint's [`Owned`].
 /// Once `no_more` is cancelled (shutdown has begun) it takes nothing new,
 /// only renews what the loops still hold until they give it back.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     db: Arc<Db>,
+    metrics: Arc<Metrics>,
     relay: String,
     lease: Duration,
     endpoints: Vec<(i32, watch::Sender<Owned>)>,
@@ -101,7 +104,7 @@ pub async fn run(
             let owned = &mut state[i];
             let take = !no_more.is_cancelled();
             match cycle(
-                &db, *id, &relay, lease, relays, !made[i], take, owned, &mut taken,
+                &db, *id, &relay, lease, relays, !made[i], take, owned, &mut taken, &metrics,
             )
             .await
             {
@@ -158,6 +161,7 @@ async fn cycle(
     take: bool,
     owned: &mut Owned,
     taken: &mut u64,
+    metrics: &Metrics,
 ) -> Result<()> {
     let conn = db.conn().await?;
     let secs = lease.as_secs_f64();
@@ -194,7 +198,17 @@ async fn cycle(
             let part: i32 = row.get(0);
             let tick = Tick::parse(row.get::<_, &str>(1)).map_err(anyhow::Error::msg)?;
             *taken += 1;
-            tracing::info!(endpoint_id = endpoint, partition = part, "partition taken");
+            let over: bool = row.get(2);
+            if over {
+                metrics.taken_over.inc();
+                tracing::warn!(
+                    endpoint_id = endpoint,
+                    partition = part,
+                    "partition taken over: its relay's lease expired"
+                );
+            } else {
+                tracing::info!(endpoint_id = endpoint, partition = part, "partition taken");
+            }
             owned.parts.insert(
                 part,
                 Held {
@@ -235,10 +249,7 @@ mod tests {
         assert_eq!(share(16, 3), 6);
         assert_eq!(share(16, 0), 16);
         assert_eq!(share(1, 3), 1);
-        assert_eq!(
-            renew_every(Duration::from_secs(60)),
-            Duration::from_secs(15)
-        );
+        assert_eq!(renew_every(Duration::from_secs(60)), Duration::from_secs(2));
         assert_eq!(
             renew_every(Duration::from_secs(2)),
             Duration::from_millis(500)
