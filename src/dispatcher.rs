@@ -33,9 +33,9 @@ use crate::metrics::{Metrics, ProbeLabels};
 use crate::queue::cursor::{Read, Reads};
 use crate::queue::keys::{Keys, Outcome, Queued, Then, KEY_CAP};
 use crate::queue::ownership::{self, Owned};
-use crate::queue::reader::{self, Event, Scope};
+use crate::queue::reader::{self, Event, Scope, Source};
 use crate::queue::ticks::Tick;
-use crate::queue::writeback::Write;
+use crate::queue::writeback::{Unwritten, Write};
 use crate::retry::RetryPolicy;
 use send::Sent;
 
@@ -141,6 +141,8 @@ struct Loop {
     cursor: Option<(Tick, bool)>,
     in_flight: usize,
     back: mpsc::UnboundedSender<Sent>,
+    /// Outcomes of held heads, parked events and redeliveries not yet written.
+    unwritten: Unwritten,
 }
 
 /// The loop for one endpoint; returns once `stop_claiming` is cancelled and
@@ -173,6 +175,7 @@ pub async fn run_endpoint(
         cursor: None,
         in_flight: 0,
         back,
+        unwritten: Unwritten::default(),
     };
     let stop = l.shared.stop_claiming.clone();
     let mut paused = l.ep.breaker.paused();
@@ -187,6 +190,8 @@ pub async fn run_endpoint(
             l.poll_due().await;
         }
         l.read_step(is_paused).await;
+        // A read may have found the endpoint paused.
+        let is_paused = *paused.borrow_and_update();
         if !is_paused {
             l.dispatch(false);
         }
@@ -407,7 +412,9 @@ impl Loop {
                             .push(ev);
                     }
                     for (key, _) in asked {
-                        let rows = by_key.remove(&key).unwrap_or_default();
+                        let mut rows = by_key.remove(&key).unwrap_or_default();
+                        // Sent already, its outcome not yet written: past it.
+                        rows.retain(|ev| !self.unwritten.contains(ev.id));
                         let t = self.keys.parked_fetched(&key, rows, KEY_CAP);
                         self.then(t);
                     }
@@ -453,7 +460,9 @@ impl Loop {
                         self.holds_at = now;
                     }
                     for ev in heads {
-                        self.keys.ready_held(ev);
+                        if !self.unwritten.contains(ev.id) {
+                            self.keys.ready_held(ev);
+                        }
                     }
                 }
                 Err(e) => {
@@ -475,7 +484,9 @@ impl Loop {
                         self.redeliveries_at = now;
                     }
                     for ev in evs {
-                        self.keys.push_loose(ev);
+                        if !self.unwritten.contains(ev.id) {
+                            self.keys.push_loose(ev);
+                        }
                     }
                 }
                 Err(e) => {
@@ -495,7 +506,7 @@ impl Loop {
                 break;
             };
             self.in_flight += 1;
-            let span = tracing::info_span!("deliver", event_id = %ev.event_id, endpoint = %self.ep.cfg.name, attempt = ev.attempts + 1, probe);
+            let span = tracing::info_span!("deliver", event_id = %ev.event_id, endpoint = %self.ep.cfg.name, attempt = ev.attempts + 1);
             self.shared.tracker.spawn(
                 send::send(
                     self.shared.clone(),
@@ -582,6 +593,7 @@ impl Loop {
             }
         }
         let loose = ev.key().is_none();
+        let pending = (ev.source != Source::Log).then(|| self.unwritten.add(ev.id));
         let t = match ev.key() {
             Some(k) => {
                 let outcome = if retry {
@@ -604,6 +616,7 @@ impl Loop {
             loose,
             probe,
             token: ev.token,
+            pending,
         };
         let _ = self.shared.done.send(w).await;
         if probe && delivered {

@@ -38,6 +38,46 @@ pub struct Completion {
     pub next_attempt_at: Option<SystemTime>,
 }
 
+/// Outbox ids whose outcome is on its way to the database: a look at the
+/// holds, parked events or redeliveries made meanwhile still finds them
+/// there, and must not send them again.
+#[derive(Debug, Clone, Default)]
+pub struct Unwritten(Arc<std::sync::Mutex<std::collections::HashSet<i64>>>);
+
+impl Unwritten {
+    /// `id`'s outcome is being written; the guard's drop says it is done.
+    pub fn add(&self, id: i64) -> Pending {
+        self.lock().insert(id);
+        Pending {
+            set: self.clone(),
+            id,
+        }
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.lock().contains(&id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        // A set of ids, changed by one insert or remove at a time: a panic
+        // cannot leave it half-changed.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One outcome on its way (see [`Unwritten`]).
+#[derive(Debug)]
+pub struct Pending {
+    set: Unwritten,
+    id: i64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
+}
+
 /// What the write-back writes.
 #[derive(Debug)]
 pub enum Write {
@@ -52,6 +92,9 @@ pub enum Write {
         /// A delivered probe of a paused endpoint.
         probe: bool,
         token: Token,
+        /// For an event that came from a table of its own (held, parked,
+        /// redelivery): dropped once the outcome is written.
+        pending: Option<Pending>,
     },
     /// A probe that failed: only its attempt is recorded.
     ProbeFailed {
