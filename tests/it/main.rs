@@ -13,6 +13,7 @@ mod egress;
 mod fuzz;
 mod monitoring;
 mod operations;
+mod ordering;
 mod page;
 mod pgtls;
 mod pooler;
