@@ -19,6 +19,7 @@ mod pgtls;
 mod pooler;
 mod process;
 mod receiver;
+mod relays;
 mod reliability;
 mod schema;
 mod ssrf;
