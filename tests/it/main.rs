@@ -11,6 +11,7 @@ mod delivery;
 mod demo;
 mod egress;
 mod fuzz;
+mod long_transaction;
 mod monitoring;
 mod operations;
 mod ordering;
