@@ -538,3 +538,79 @@ async fn with_ordering_none_a_keys_events_go_at_once() {
         .get(0);
     assert_eq!(held, 0, "nothing is held or parked without order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_head_is_delivered_once() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    add_buyers(&c, "r", 200).await;
+    add_buyers(&c, "busy", 50).await;
+    // Every retried buyer's only event fails once; other buyers' top-ups go
+    // on meanwhile, so the relay is woken and looks for due retries often.
+    let rx = LogReceiver::start(buyer_and_amount, |l| {
+        Reply::Status(if l.key.starts_with('r') && l.nth == 1 {
+            503
+        } else {
+            200
+        })
+    })
+    .await;
+    let relay = start(
+        &db,
+        config(
+            "",
+            &[(
+                "crm",
+                &rx.url,
+                "retry_initial = \"100ms\"\nretry_max = \"300ms\"",
+            )],
+        ),
+    )
+    .await;
+    let busy = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let c = crate::support::connect(&url).await;
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut amount = 0;
+            while Instant::now() < until {
+                amount += 1;
+                for i in 0..50 {
+                    top_up(&c, &buyer("busy", i), amount).await;
+                }
+            }
+            amount * 50
+        }
+    });
+    for i in 0..200 {
+        top_up(&c, &buyer("r", i), 1).await;
+    }
+    let busy_events = busy.await.unwrap() as usize;
+    rx.wait_events(200 + busy_events, "every event received", WAIT)
+        .await;
+    all_signed_and_delivered(&c, &rx.log(), 200 + busy_events as i64).await;
+    let log = rx.log();
+    relay.shutdown().await;
+
+    let mut sends: HashMap<&str, Vec<u16>> = HashMap::new();
+    for l in log.iter().filter(|l| l.key.starts_with('r')) {
+        sends.entry(&l.key).or_default().push(l.status);
+    }
+    let mut twice: Vec<String> = sends
+        .iter()
+        .filter(|(_, s)| s.as_slice() != [503, 200])
+        .map(|(k, s)| format!("{k} {s:?}"))
+        .collect();
+    twice.sort();
+    println!(
+        "FIGURES retried_once: retried=200 busy_events={busy_events} requests_of_retried={} sent_again_after_delivery={}",
+        sends.values().map(Vec::len).sum::<usize>(),
+        twice.len()
+    );
+    assert_eq!(sends.len(), 200);
+    assert!(
+        twice.is_empty(),
+        "{} retried heads were sent again after their retry was delivered: {twice:?}",
+        twice.len()
+    );
+}
