@@ -608,6 +608,25 @@ async fn a_retried_head_is_delivered_once() {
         twice.len()
     );
     assert_eq!(sends.len(), 200);
+    // Each retry went when it was due (the poll interval is 200 ms).
+    let late: Vec<f64> = c
+        .query(
+            "SELECT extract(epoch FROM a.started_at - o.next_attempt_at)::float8 * 1000
+               FROM webhook.outbox o JOIN webhook.attempts a ON a.outbox_id = o.id AND a.attempt = 2
+              WHERE o.ordering_key LIKE 'r%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    println!(
+        "FIGURES retried_on_time: retries={} late_p50_ms={:.0} late_max_ms={:.0}",
+        late.len(),
+        crate::support::percentile(&late, 50.0),
+        crate::support::percentile(&late, 100.0)
+    );
     assert!(
         twice.is_empty(),
         "{} retried heads were sent again after their retry was delivered: {twice:?}",
