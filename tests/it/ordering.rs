@@ -151,32 +151,32 @@ async fn with_a_quarter_of_first_attempts_failing_no_key_goes_out_of_order() {
     .await;
 
     let writers = top_ups(&db, "b", 300, 5, 8);
-    // While a head waits for its retry, the DBA sees its key held by it.
+    // While a head waits for its retry, the DBA sees its key held by it,
+    // with the key's later events parked behind it.
     let watch = async {
-        wait_for("a key held by its failed head", WAIT, || async {
-            let rows = c
-                .query(
-                    "SELECT h.ordering_key, o.event_id, o.attempts, o.status, h.next_attempt_at > now()
-                       FROM webhook.holds h JOIN webhook.outbox o ON o.id = h.outbox_id",
-                    &[],
+        wait_for("a held key in webhook.held_keys", WAIT, || async {
+            c.query(
+                "SELECT ordering_key, event_id, attempts, next_attempt_at > now(), parked
+                   FROM webhook.held_keys WHERE endpoint = 'crm'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i32>(2),
+                    r.get::<_, bool>(3),
+                    r.get::<_, i64>(4),
                 )
-                .await
-                .unwrap();
-            rows.into_iter()
-                .map(|r| {
-                    (
-                        r.get::<_, String>(0),
-                        r.get::<_, String>(1),
-                        r.get::<_, i32>(2),
-                        r.get::<_, String>(3),
-                        r.get::<_, bool>(4),
-                    )
-                })
-                .find(|(_, _, attempts, status, later)| *attempts == 1 && status == "pending" && *later)
+            })
+            .find(|(_, _, attempts, later, parked)| *attempts == 1 && *later && *parked > 0)
         })
         .await
     };
-    let ((), (held_key, held_event, _, _, _)) = tokio::join!(writers, watch);
+    let ((), (held_key, held_event, _, _, parked)) = tokio::join!(writers, watch);
     rx.wait_events(1500, "1,500 top-ups received", WAIT).await;
     all_signed_and_delivered(&c, &rx.log(), 1500).await;
     let log = rx.log();
@@ -199,7 +199,7 @@ async fn with_a_quarter_of_first_attempts_failing_no_key_goes_out_of_order() {
     }
     let undelivered = last_status.values().filter(|s| **s != 200).count();
     println!(
-        "FIGURES ordering_quarter_failing: events=1500 received={} requests={} failed_first_attempts={failed} out_of_order_keys={} backwards_keys={} held_seen={held_key}",
+        "FIGURES ordering_quarter_failing: events=1500 received={} requests={} failed_first_attempts={failed} out_of_order_keys={} backwards_keys={} held_seen={held_key} parked_behind_it={parked}",
         rx.events(),
         log.len(),
         out_of_order.len(),
@@ -425,15 +425,18 @@ async fn a_failing_head_holds_back_only_its_own_key() {
         .map(|l| ms_between(commits[&l.key], l.at))
         .collect();
     let worst = latencies.iter().copied().fold(0.0, f64::max);
-    let still_held: i64 = c
-        .query_one(
-            "SELECT count(*) FROM webhook.holds WHERE ordering_key = $1",
+    // Still held by its first event, its second parked behind it.
+    let still_held: Vec<(i32, i64)> = c
+        .query(
+            "SELECT attempts, parked FROM webhook.held_keys WHERE ordering_key = $1",
             &[&held],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(still_held, 1, "the failing key is still held");
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(still_held, [(1, 1)], "the failing key is still held");
     assert_eq!(
         key_requests(&rx.log(), &held),
         [(1, 503)],
