@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::delivery::{config, start};
 use crate::receiver::Reply;
 use crate::support::{
-    add_buyers, buyer, buyer_and_amount, ms_between, percentile, top_up, wait_for, LogReceiver,
-    TestDb,
+    add_buyers, buyer, buyer_and_amount, count, ms_between, percentile, top_up, wait_for,
+    LogReceiver, TestDb,
 };
 
 /// How long the transaction stays open (the figure).
@@ -62,14 +62,12 @@ async fn a_transaction_held_open_for_a_minute_stalls_no_other_event() {
         "the relay to own the endpoint's partitions",
         Duration::from_secs(30),
         || async {
-            let n: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM webhook.partitions WHERE owner IS NOT NULL",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let n = count(
+                &c,
+                "SELECT count(*) FROM webhook.partitions WHERE owner IS NOT NULL",
+                &[],
+            )
+            .await;
             (n == 16).then_some(())
         },
     )

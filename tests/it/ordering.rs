@@ -9,11 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::Client;
 
-use crate::delivery::{config, start};
+use crate::delivery::start_one;
 use crate::receiver::Reply;
 use crate::support::{
-    add_buyers, buyer, buyer_and_amount, going_backwards, ms_between,
-    out_of_order_by_first_receipt, top_up, wait_for, LogReceiver, Logged, TestDb,
+    add_buyers, buyer, buyer_and_amount, count, going_backwards, ms_between,
+    out_of_order_by_first_receipt, percentile, top_up, wait_for, LogReceiver, Logged, TestDb,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -64,14 +64,12 @@ async fn ids_follow_the_sequence(c: &Client) -> usize {
 async fn all_signed_and_delivered(c: &Client, log: &[Logged], events: i64) {
     assert!(log.iter().all(|l| l.signed), "every request is signed");
     wait_for("every row delivered", WAIT, || async {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM webhook.outbox WHERE status = 'delivered'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n = count(
+            c,
+            "SELECT count(*) FROM webhook.outbox WHERE status = 'delivered'",
+            &[],
+        )
+        .await;
         (n == events).then_some(())
     })
     .await;
@@ -83,7 +81,7 @@ async fn every_buyers_top_ups_arrive_in_commit_order() {
     let c = db.client().await;
     add_buyers(&c, "b", 300).await;
     let rx = LogReceiver::start(buyer_and_amount, |_| Reply::Status(200)).await;
-    let relay = start(&db, config("", &[("crm", &rx.url, "")])).await;
+    let relay = start_one(&db, "crm", &rx.url, "").await;
 
     top_ups(&db, "b", 300, 5, 8).await;
     rx.wait_events(1500, "1,500 top-ups received", WAIT).await;
@@ -114,14 +112,20 @@ async fn every_buyers_top_ups_arrive_in_commit_order() {
     assert_eq!(log.len(), 1500, "each top-up sent once");
 }
 
-/// Whether the first attempt of this top-up is answered 503: a quarter of them.
-fn fails_first(l: &Logged) -> bool {
+/// 503 when `fail`, else 200.
+fn fail_if(fail: bool) -> Reply {
+    Reply::Status(if fail { 503 } else { 200 })
+}
+
+/// 503 to the first attempt of a quarter of the top-ups, chosen by buyer and
+/// amount; 200 otherwise.
+fn quarter_failing(l: &Logged) -> Reply {
     let n: i64 = l
         .key
         .trim_start_matches(char::is_alphabetic)
         .parse()
         .unwrap_or(0);
-    (n + l.seq) % 4 == 0
+    fail_if(l.nth == 1 && (n + l.seq) % 4 == 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,24 +133,12 @@ async fn with_a_quarter_of_first_attempts_failing_no_key_goes_out_of_order() {
     let db = TestDb::new().await;
     let c = db.client().await;
     add_buyers(&c, "b", 300).await;
-    let rx = LogReceiver::start(buyer_and_amount, |l| {
-        Reply::Status(if l.nth == 1 && fails_first(l) {
-            503
-        } else {
-            200
-        })
-    })
-    .await;
-    let relay = start(
+    let rx = LogReceiver::start(buyer_and_amount, quarter_failing).await;
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "crm",
-                &rx.url,
-                "retry_initial = \"300ms\"\nretry_max = \"1s\"",
-            )],
-        ),
+        "crm",
+        &rx.url,
+        "retry_initial = \"300ms\"\nretry_max = \"1s\"",
     )
     .await;
 
@@ -246,11 +238,7 @@ async fn with_a_quarter_of_first_attempts_failing_no_key_goes_out_of_order() {
         "a key's next event went before its head was delivered: {backwards:?}"
     );
     assert_eq!(ids_follow_the_sequence(&c).await, 0);
-    let held: i64 = c
-        .query_one("SELECT count(*) FROM webhook.holds", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let held = count(&c, "SELECT count(*) FROM webhook.holds", &[]).await;
     assert_eq!(held, 0, "no key stays held once delivered");
 }
 
@@ -279,16 +267,11 @@ async fn a_dead_head_moves_its_key_on() {
         _ => Reply::Status(200),
     })
     .await;
-    let relay = start(
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "crm",
-                &rx.url,
-                "max_attempts = 2\nretry_initial = \"200ms\"\nretry_max = \"200ms\"",
-            )],
-        ),
+        "crm",
+        &rx.url,
+        "max_attempts = 2\nretry_initial = \"200ms\"\nretry_max = \"200ms\"",
     )
     .await;
     for amount in 1..=3 {
@@ -298,15 +281,13 @@ async fn a_dead_head_moves_its_key_on() {
     rx.wait_events(6, "both buyers' three top-ups received", WAIT)
         .await;
     wait_for("the third top-ups delivered", WAIT, || async {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM webhook.outbox
+        let n = count(
+            &c,
+            "SELECT count(*) FROM webhook.outbox
                   WHERE status = 'delivered' AND (payload->>'topUpAmount')::int = 3",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+            &[],
+        )
+        .await;
         (n == 2).then_some(())
     })
     .await;
@@ -344,11 +325,7 @@ async fn a_dead_head_moves_its_key_on() {
             (spent.clone(), "dead".into(), 2, true)
         ]
     );
-    let held: i64 = c
-        .query_one("SELECT count(*) FROM webhook.holds", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let held = count(&c, "SELECT count(*) FROM webhook.holds", &[]).await;
     assert_eq!(held, 0, "a dead head holds its key no more");
 }
 
@@ -360,36 +337,25 @@ async fn a_failing_head_holds_back_only_its_own_key() {
     add_buyers(&c, "free", 200).await;
     let held = buyer("held", 0);
     let rx = LogReceiver::start(buyer_and_amount, |l| {
-        Reply::Status(if l.key.starts_with("held") && l.seq == 1 && l.nth == 1 {
-            503
-        } else {
-            200
-        })
+        fail_if(l.key.starts_with("held") && l.seq == 1 && l.nth == 1)
     })
     .await;
     // The first retry waits 5 to 10 s (equal jitter on 10 s).
-    let relay = start(
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "crm",
-                &rx.url,
-                "retry_initial = \"10s\"\nretry_max = \"10s\"",
-            )],
-        ),
+        "crm",
+        &rx.url,
+        "retry_initial = \"10s\"\nretry_max = \"10s\"",
     )
     .await;
     top_up(&c, &held, 1).await;
     wait_for("the key held by its failed head", WAIT, || async {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM webhook.holds WHERE ordering_key = $1",
-                &[&held],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n = count(
+            &c,
+            "SELECT count(*) FROM webhook.holds WHERE ordering_key = $1",
+            &[&held],
+        )
+        .await;
         (n == 1).then_some(())
     })
     .await;
@@ -478,24 +444,15 @@ async fn with_ordering_none_a_keys_events_go_at_once() {
         if l.key.starts_with("one") {
             Reply::After(Duration::from_millis(500), 200)
         } else {
-            Reply::Status(if l.nth == 1 && fails_first(l) {
-                503
-            } else {
-                200
-            })
+            quarter_failing(l)
         }
     })
     .await;
-    let relay = start(
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "crm",
-                &rx.url,
-                "ordering = \"none\"\nretry_initial = \"100ms\"\nretry_max = \"300ms\"",
-            )],
-        ),
+        "crm",
+        &rx.url,
+        "ordering = \"none\"\nretry_initial = \"100ms\"\nretry_max = \"300ms\"",
     )
     .await;
     // One buyer's five top-ups in one transaction: each answered after 500 ms.
@@ -531,14 +488,12 @@ async fn with_ordering_none_a_keys_events_go_at_once() {
     );
     assert!(failed > 0);
     assert_eq!(rx.events(), 255, "0 lost");
-    let held: i64 = c
-        .query_one(
-            "SELECT (SELECT count(*) FROM webhook.holds) + (SELECT count(*) FROM webhook.parked)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let held = count(
+        &c,
+        "SELECT (SELECT count(*) FROM webhook.holds) + (SELECT count(*) FROM webhook.parked)",
+        &[],
+    )
+    .await;
     assert_eq!(held, 0, "nothing is held or parked without order");
 }
 
@@ -551,23 +506,14 @@ async fn a_retried_head_is_delivered_once() {
     // Every retried buyer's only event fails once; other buyers' top-ups go
     // on meanwhile, so the relay is woken and looks for due retries often.
     let rx = LogReceiver::start(buyer_and_amount, |l| {
-        Reply::Status(if l.key.starts_with('r') && l.nth == 1 {
-            503
-        } else {
-            200
-        })
+        fail_if(l.key.starts_with('r') && l.nth == 1)
     })
     .await;
-    let relay = start(
+    let relay = start_one(
         &db,
-        config(
-            "",
-            &[(
-                "crm",
-                &rx.url,
-                "retry_initial = \"100ms\"\nretry_max = \"300ms\"",
-            )],
-        ),
+        "crm",
+        &rx.url,
+        "retry_initial = \"100ms\"\nretry_max = \"300ms\"",
     )
     .await;
     let busy = tokio::spawn({
@@ -627,8 +573,8 @@ async fn a_retried_head_is_delivered_once() {
     println!(
         "FIGURES retried_on_time: retries={} late_p50_ms={:.0} late_max_ms={:.0}",
         late.len(),
-        crate::support::percentile(&late, 50.0),
-        crate::support::percentile(&late, 100.0)
+        percentile(&late, 50.0),
+        percentile(&late, 100.0)
     );
     assert!(
         twice.is_empty(),

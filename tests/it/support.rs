@@ -480,6 +480,15 @@ pub async fn chromium(url: &str, args: &[String], timeout: Duration) -> Output {
     .unwrap()
 }
 
+/// The single number a query returns (a count).
+pub async fn count(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    c.query_one(sql, params).await.expect(sql).get(0)
+}
+
 /// Creates buyers `{prefix}{i:04}` for i in 0..n, each with a credits row at
 /// 0 (which writes no event), lead cost 1.
 pub async fn add_buyers(c: &Client, prefix: &str, n: i32) {
