@@ -1,17 +1,20 @@
-//! Several relays keep the order (docs/queue.md 6.3, 6.6): three relay
-//! processes share an endpoint's partitions under a lease; one is killed
-//! with SIGKILL halfway through 30,000 events over 3,000 keys. Nothing is
-//! lost, no key goes out of order, and the only duplicates are re-sends of
-//! what the killed relay had in flight, each before its key's next event.
+//! Several relays keep the order (docs/queue.md 6.3, 6.6): relay processes
+//! share an endpoint's partitions under a lease. Three relays, 30,000 events
+//! over 3,000 keys, one killed with SIGKILL halfway: nothing is lost, no key
+//! goes out of order or has two requests in flight at once, and the only
+//! duplicates are re-sends of what the killed relay had sent without a
+//! recorded outcome, each before its key's next event. And a relay that
+//! joins while events flow gets its share within seconds, without a
+//! duplicate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::delivery::{config_text, count_status};
 use crate::process::{wait_synced, RelayProcess};
 use crate::receiver::Reply;
 use crate::support::{
-    going_backwards, out_of_order_by_first_receipt, wait_for, LogReceiver, TestDb,
+    going_backwards, out_of_order_by_first_receipt, wait_for, LogReceiver, Logged, TestDb,
 };
 
 const KEYS: i32 = 3_000;
@@ -20,6 +23,7 @@ const EVENTS: usize = (KEYS * PER_KEY) as usize;
 const RELAYS: [&str; 3] = ["relay-a", "relay-b", "relay-c"];
 const KILLED: &str = "relay-a";
 const MAX_IN_FLIGHT: usize = 32;
+const WAIT: Duration = Duration::from_secs(30);
 /// The receiver answers each request after this long: the killed relay has
 /// requests in flight.
 const ANSWER_AFTER: Duration = Duration::from_millis(3);
@@ -48,63 +52,144 @@ async fn owners(c: &tokio_postgres::Client) -> BTreeMap<Option<String>, Vec<i32>
     by
 }
 
+/// Waits until every partition is owned, each of `relays` owning at least `least`.
+async fn wait_shared(c: &tokio_postgres::Client, relays: &[&str], least: usize, timeout: Duration) {
+    wait_for(
+        "the partitions shared among the relays",
+        timeout,
+        || async {
+            let o = owners(c).await;
+            let fair = relays.iter().all(|r| {
+                o.get(&Some(r.to_string()))
+                    .is_some_and(|p| p.len() >= least)
+            });
+            (fair && !o.contains_key(&None)).then_some(())
+        },
+    )
+    .await
+}
+
+/// A relay process named `name` (it sends an `x-relay` header with its name,
+/// so the receiver knows who sent what), lease 6 s.
+fn relay(db_url: &str, rx_url: &str, name: &str) -> RelayProcess {
+    let text = config_text(
+        &format!("relay_name = \"{name}\"\nlease = \"6s\""),
+        &[(
+            "crm",
+            rx_url,
+            &format!(
+                "timeout = \"1s\"\nmax_in_flight = {MAX_IN_FLIGHT}\nheaders = {{ x-relay = \"{name}\" }}"
+            ),
+        )],
+    );
+    RelayProcess::spawn_with_env(db_url, &text, &[("RUST_LOG", "outbox_relay=info")])
+}
+
+/// Writes `keys` keys' events: sequence 1 of every key, then 2, ... up to
+/// `per_key`, in transactions of 100 events.
+fn write_events(c: tokio_postgres::Client, keys: i32, per_key: i32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let keys: Vec<String> = (0..keys).map(|k| format!("key{k:04}")).collect();
+        for seq in 1..=per_key {
+            for chunk in keys.chunks(100) {
+                c.execute(
+                    "SELECT webhook.enqueue('add_credits', jsonb_build_object('key', k, 'seq', $2::int), k)
+                       FROM unnest($1::text[]) k",
+                    &[&chunk, &seq],
+                )
+                .await
+                .unwrap();
+            }
+        }
+    })
+}
+
+/// Waits until `n` events have arrived; if they do not within `timeout`,
+/// fails with what the database says of the rest: their status and
+/// partition, and who owns the partitions with their cursors.
+async fn wait_received(rx: &LogReceiver, c: &tokio_postgres::Client, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while rx.events() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if rx.events() >= n {
+        return;
+    }
+    let rows = c
+        .query(
+            "SELECT o.status, hashtext(o.ordering_key) & 15 AS part, count(*),
+                    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM webhook.parked k WHERE k.outbox_id = o.id)) AS parked,
+                    min(o.id), max(o.id)
+               FROM webhook.outbox o WHERE o.status <> 'delivered' GROUP BY 1, 2 ORDER BY 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let undelivered: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} p{} n={} parked={} ids={}..{}",
+                r.get::<_, String>(0),
+                r.get::<_, i32>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, i64>(3),
+                r.get::<_, i64>(4),
+                r.get::<_, i64>(5)
+            )
+        })
+        .collect();
+    let parts: Vec<String> = c
+        .query(
+            "SELECT partition, owner, lease_expires_at > now(), tick::text, in_flight FROM webhook.partitions ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "p{} {:?} live={:?} tick={} in_flight={}",
+                r.get::<_, i32>(0),
+                r.get::<_, Option<String>>(1),
+                r.get::<_, Option<bool>>(2),
+                r.get::<_, String>(3),
+                r.get::<_, i32>(4)
+            )
+        })
+        .collect();
+    panic!(
+        "{} of {n} events received after {timeout:?}; undelivered rows: {undelivered:?}; partitions: {parts:?}",
+        rx.events()
+    );
+}
+
+/// Keys that had two requests in flight at once: a key's next request must
+/// come only after the answer to the one before (answers take ANSWER_AFTER).
+fn in_flight_twice(log: &[Logged]) -> BTreeSet<String> {
+    let mut last_at: HashMap<&str, SystemTime> = HashMap::new();
+    let mut overlapping = BTreeSet::new();
+    for l in log {
+        if let Some(prev) = last_at.insert(&l.key, l.at) {
+            if l.at < prev + ANSWER_AFTER {
+                overlapping.insert(l.key.clone());
+            }
+        }
+    }
+    overlapping
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
     let began = Instant::now();
     let db = TestDb::new().await;
     let c = db.client().await;
-    let rx = LogReceiver::start(key_and_seq, |_| Reply::After(Duration::from_millis(3), 200)).await;
-    // Each relay names itself in a header, so the receiver knows who sent what.
-    let mut relays: Vec<RelayProcess> = RELAYS
-        .iter()
-        .map(|name| {
-            let text = config_text(
-                &format!("relay_name = \"{name}\"\nlease = \"6s\""),
-                &[(
-                    "crm",
-                    &rx.url,
-                    &format!(
-                        "timeout = \"1s\"\nmax_in_flight = {MAX_IN_FLIGHT}\nheaders = {{ x-relay = \"{name}\" }}"
-                    ),
-                )],
-            );
-            RelayProcess::spawn_with_env(&db.url, &text, &[("RUST_LOG", "outbox_relay=info")])
-        })
-        .collect();
+    let rx = LogReceiver::start(key_and_seq, |_| Reply::After(ANSWER_AFTER, 200)).await;
+    let mut relays: Vec<RelayProcess> = RELAYS.iter().map(|n| relay(&db.url, &rx.url, n)).collect();
     wait_synced(&c).await;
-    wait_for(
-        "the 16 partitions shared among the three relays",
-        Duration::from_secs(30),
-        || async {
-            let o = owners(&c).await;
-            // Shares are ceil(16 / 3) = 6 at most: 6, 6 and 4 at the least.
-            let fair = RELAYS
-                .iter()
-                .all(|r| o.get(&Some(r.to_string())).is_some_and(|p| p.len() >= 4));
-            (fair && !o.contains_key(&None)).then_some(())
-        },
-    )
-    .await;
-
-    // Sequence 1 of every key, then 2, ...: transactions of 100 events.
-    let writer = {
-        let c = db.client().await;
-        tokio::spawn(async move {
-            let keys: Vec<String> = (0..KEYS).map(|k| format!("key{k:04}")).collect();
-            for seq in 1..=PER_KEY {
-                for chunk in keys.chunks(100) {
-                    c.execute(
-                        "SELECT webhook.enqueue('add_credits', jsonb_build_object('key', k, 'seq', $2::int), k)
-                           FROM unnest($1::text[]) k",
-                        &[&chunk, &seq],
-                    )
-                    .await
-                    .unwrap();
-                }
-            }
-        })
-    };
-
+    // Shares are ceil(16 / 3) = 6 at most: 6, 6 and 4 at the least.
+    wait_shared(&c, &RELAYS, 4, WAIT).await;
+    let writer = write_events(db.client().await, KEYS, PER_KEY);
     rx.wait_events(
         EVENTS / 2,
         "half the events received",
@@ -122,7 +207,7 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
     writer.await.unwrap();
 
     let left = Duration::from_secs(88).saturating_sub(began.elapsed());
-    rx.wait_events(EVENTS, "every event received", left).await;
+    wait_received(&rx, &c, EVENTS, left).await;
     wait_for("every row delivered", Duration::from_secs(10), || async {
         (count_status(&c, "delivered").await == EVENTS as i64).then_some(())
     })
@@ -179,12 +264,13 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
             resent_late.push(format!("{}#{}", first.key, first.seq));
         }
     }
+    let overlapping = in_flight_twice(&log);
     let out_of_order = out_of_order_by_first_receipt(&log);
     let backwards = going_backwards(&log);
     let by_relay = |r: &str| log.iter().filter(|l| l.relay == r).count();
     println!(
         "FIGURES three_relays: events={EVENTS} keys={KEYS} received={} requests={} lost={} duplicates={} \
-         duplicates_answered_before_kill={answered_unwritten} duplicates_not_from_killed_in_flight={} duplicates_after_next_event={} out_of_order_keys={} backwards_keys={} \
+         duplicates_answered_before_kill={answered_unwritten} duplicates_not_from_killed_in_flight={} duplicates_after_next_event={} out_of_order_keys={} backwards_keys={} keys_in_flight_twice={} \
          killed_at_received={at_kill} killed_owned={killed_owned:?} sent_a={} sent_b={} sent_c={} owners_after={after_kill:?} took_s={:.1}",
         rx.events(),
         log.len(),
@@ -194,12 +280,12 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
         resent_late.len(),
         out_of_order.len(),
         backwards.len(),
+        overlapping.len(),
         by_relay("relay-a"),
         by_relay("relay-b"),
         by_relay("relay-c"),
         began.elapsed().as_secs_f64()
     );
-    drop(relays);
 
     assert!(log.iter().all(|l| l.signed), "every request is signed");
     assert_eq!(rx.events(), EVENTS, "0 lost");
@@ -227,11 +313,79 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
     );
     assert!(backwards.is_empty(), "keys going backwards: {backwards:?}");
     assert!(
+        overlapping.is_empty(),
+        "keys with two requests in flight at once: {overlapping:?}"
+    );
+    assert!(
         !killed_owned.is_empty(),
         "the killed relay owned partitions"
     );
     assert!(
         !after_kill.contains_key(&Some(KILLED.to_string())) && !after_kill.contains_key(&None),
         "the killed relay's partitions are owned by the survivors: {after_kill:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_joining_while_events_flow_gets_its_share_within_seconds() {
+    const JOIN_KEYS: i32 = 2_000;
+    const JOIN_EVENTS: usize = (JOIN_KEYS * PER_KEY) as usize;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = LogReceiver::start(key_and_seq, |_| Reply::After(ANSWER_AFTER, 200)).await;
+    let mut relays: Vec<RelayProcess> = RELAYS[..2]
+        .iter()
+        .map(|n| relay(&db.url, &rx.url, n))
+        .collect();
+    wait_synced(&c).await;
+    wait_shared(&c, &RELAYS[..2], 8, WAIT).await;
+    let writer = write_events(db.client().await, JOIN_KEYS, PER_KEY);
+    rx.wait_events(
+        JOIN_EVENTS / 10,
+        "a tenth of the events received",
+        Duration::from_secs(30),
+    )
+    .await;
+    let joined = Instant::now();
+    relays.push(relay(&db.url, &rx.url, RELAYS[2]));
+    // Shares are ceil(16 / 3) = 6 at most: 6, 6 and 4 at the least.
+    wait_shared(&c, &RELAYS, 4, Duration::from_secs(60)).await;
+    let share_after = joined.elapsed();
+    let at_share = rx.events();
+    writer.await.unwrap();
+    wait_received(&rx, &c, JOIN_EVENTS, Duration::from_secs(60)).await;
+    let log = rx.log();
+
+    let out_of_order = out_of_order_by_first_receipt(&log);
+    let overlapping = in_flight_twice(&log);
+    let by_relay = |r: &str| log.iter().filter(|l| l.relay == r).count();
+    println!(
+        "FIGURES relay_joins: events={JOIN_EVENTS} received={} requests={} share_after_s={:.1} received_when_shared={at_share} \
+         out_of_order_keys={} keys_in_flight_twice={} sent_a={} sent_b={} sent_c={}",
+        rx.events(),
+        log.len(),
+        share_after.as_secs_f64(),
+        out_of_order.len(),
+        overlapping.len(),
+        by_relay("relay-a"),
+        by_relay("relay-b"),
+        by_relay("relay-c"),
+    );
+    assert!(log.iter().all(|l| l.signed), "every request is signed");
+    assert_eq!(rx.events(), JOIN_EVENTS, "0 lost");
+    assert_eq!(log.len(), JOIN_EVENTS, "0 duplicates: nobody was killed");
+    assert!(
+        out_of_order.is_empty(),
+        "keys out of order: {out_of_order:?}"
+    );
+    assert!(
+        overlapping.is_empty(),
+        "keys with two requests in flight at once: {overlapping:?}"
+    );
+    // Leases are renewed every 1.5 s (a quarter of 6 s): a few renewals.
+    assert!(
+        share_after <= Duration::from_secs(10),
+        "the new relay got its share {:.1} s after it started, with {at_share} of {JOIN_EVENTS} events received",
+        share_after.as_secs_f64()
     );
 }
