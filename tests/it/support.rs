@@ -674,3 +674,33 @@ pub fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
         Err(e) => -e.duration().as_secs_f64() * 1000.0,
     }
 }
+
+/// A throwaway cluster of the test's own, for settings the shared server does
+/// not have (`-c name=value`), with the relay's schema, the reference
+/// application and its triggers in database `postgres`; and its URL. The
+/// cluster goes when the value is dropped.
+pub async fn own_cluster(settings: &[(&str, &str)]) -> (Cluster, String) {
+    let options = ClusterOptions {
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..ClusterOptions::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(options))
+        .await
+        .unwrap()
+        .expect("a throwaway cluster of the test's own");
+    let url = cluster.url("postgres");
+    let mut c = connect(&url).await;
+    outbox_relay::migrate::run_migrations(&mut c)
+        .await
+        .expect("migrating");
+    c.batch_execute(EXAMPLE_APP_SQL)
+        .await
+        .expect("sql/example_app.sql");
+    c.batch_execute(TRIGGERS_SQL)
+        .await
+        .expect("sql/triggers.sql");
+    (cluster, url)
+}
