@@ -30,6 +30,8 @@ const READ_SLACK: f64 = 10.0;
 struct ReadWork {
     calls: i64,
     buffers: i64,
+    /// Rows in the outbox then.
+    rows: i64,
 }
 
 impl ReadWork {
@@ -41,7 +43,8 @@ impl ReadWork {
 async fn read_work(c: &tokio_postgres::Client) -> ReadWork {
     let r = c
         .query_one(
-            "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(shared_blks_hit + shared_blks_read), 0)::bigint
+            "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(shared_blks_hit + shared_blks_read), 0)::bigint,
+                    (SELECT count(*) FROM webhook.outbox)
                FROM pg_stat_statements WHERE query LIKE '%AS tick, o.id, o.event_id%'",
             &[],
         )
@@ -50,6 +53,7 @@ async fn read_work(c: &tokio_postgres::Client) -> ReadWork {
     ReadWork {
         calls: r.get(0),
         buffers: r.get(1),
+        rows: r.get(2),
     }
 }
 
@@ -234,7 +238,11 @@ async fn a_transaction_held_open_for_a_minute_stalls_no_other_event() {
     // the held transaction is one more probe).
     assert!(
         work_last <= work_first + READ_SLACK && work_last <= work_before + READ_SLACK,
-        "the read's buffers per call grew: {work_before:.1} before, {work_first:.1} early in the hold, {work_last:.1} late"
+        "the read's buffers per call grew: {work_before:.1} before, {work_first:.1} early in the hold, {work_last:.1} late \
+         (outbox rows {}, {}, {})",
+        read_1.rows,
+        read_2.rows,
+        read_4.rows
     );
     assert!(
         held_ms <= P99_MS,
