@@ -14,7 +14,8 @@ use crate::delivery::{config_text, count_status};
 use crate::process::{wait_synced, RelayProcess};
 use crate::receiver::Reply;
 use crate::support::{
-    going_backwards, out_of_order_by_first_receipt, wait_for, LogReceiver, Logged, TestDb,
+    going_backwards, ms_between, out_of_order_by_first_receipt, wait_for, LogReceiver, Logged,
+    TestDb,
 };
 
 const KEYS: i32 = 3_000;
@@ -200,6 +201,7 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
         .await
         .remove(&Some(KILLED.to_string()))
         .unwrap_or_default();
+    let to_kill = began.elapsed();
     let kill_sent = SystemTime::now();
     tokio::task::block_in_place(|| relays[0].kill9());
     let killed_at = SystemTime::now();
@@ -229,17 +231,41 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
         d.sort();
         d
     };
+    // Each request of an event, for the messages: relay, ms from the kill, answer.
+    let story = |id: &str| -> String {
+        log.iter()
+            .filter(|l| l.id == id)
+            .map(|l| {
+                format!(
+                    "{}#{} {} {:+.0}ms",
+                    l.key,
+                    l.seq,
+                    l.relay,
+                    ms_between(kill_sent, l.at)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Duplicates whose attempt by the killed relay was recorded, with every
+    // recorded attempt of theirs (relay, attempt, status, ms from the kill).
     let recorded: Vec<String> = c
         .query(
-            "SELECT o.event_id FROM webhook.outbox o
+            "SELECT o.event_id, string_agg(format('%s #%s %s %sms', a.relay, a.attempt, a.response_status,
+                        round(extract(epoch FROM a.started_at - $3::timestamptz) * 1000)), '; ' ORDER BY a.started_at)
+               FROM webhook.outbox o JOIN webhook.attempts a ON a.outbox_id = o.id
               WHERE o.event_id = ANY ($1) AND EXISTS (
-                    SELECT 1 FROM webhook.attempts a WHERE a.outbox_id = o.id AND a.relay = $2)",
-            &[&dup_ids, &KILLED],
+                    SELECT 1 FROM webhook.attempts k WHERE k.outbox_id = o.id AND k.relay = $2)
+              GROUP BY o.event_id",
+            &[&dup_ids, &KILLED, &kill_sent],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| {
+            let id: String = r.get(0);
+            format!("{} | recorded: {}", story(&id), r.get::<_, String>(1))
+        })
         .collect();
     let mut not_killed_first = Vec::new();
     // A re-sent event was either still waiting for its answer at the kill
@@ -250,7 +276,7 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
     for id in &dup_ids {
         let first = &log[firsts[id]];
         if first.relay != KILLED || first.at > killed_at {
-            not_killed_first.push(id.to_string());
+            not_killed_first.push(story(id));
         }
         if first.at + ANSWER_AFTER < kill_sent {
             answered_unwritten += 1;
@@ -271,7 +297,7 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
     println!(
         "FIGURES three_relays: events={EVENTS} keys={KEYS} received={} requests={} lost={} duplicates={} \
          duplicates_answered_before_kill={answered_unwritten} duplicates_not_from_killed_in_flight={} duplicates_after_next_event={} out_of_order_keys={} backwards_keys={} keys_in_flight_twice={} \
-         killed_at_received={at_kill} killed_owned={killed_owned:?} sent_a={} sent_b={} sent_c={} owners_after={after_kill:?} took_s={:.1}",
+         killed_at_received={at_kill} killed_owned={killed_owned:?} kill_after_s={:.1} sent_a={} sent_b={} sent_c={} owners_after={after_kill:?} took_s={:.1}",
         rx.events(),
         log.len(),
         EVENTS - rx.events(),
@@ -281,6 +307,7 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
         out_of_order.len(),
         backwards.len(),
         overlapping.len(),
+        to_kill.as_secs_f64(),
         by_relay("relay-a"),
         by_relay("relay-b"),
         by_relay("relay-c"),
