@@ -4,8 +4,8 @@
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use outbox_relay::throwaway::{Cluster, ClusterOptions};
 use tokio_postgres::{Client, NoTls};
@@ -478,4 +478,229 @@ pub async fn chromium(url: &str, args: &[String], timeout: Duration) -> Output {
     })
     .await
     .unwrap()
+}
+
+/// The single number a query returns (a count).
+pub async fn count(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    c.query_one(sql, params).await.expect(sql).get(0)
+}
+
+/// Creates buyers `{prefix}{i:04}` for i in 0..n, each with a credits row at
+/// 0 (which writes no event), lead cost 1.
+pub async fn add_buyers(c: &Client, prefix: &str, n: i32) {
+    c.execute(
+        "WITH b AS (
+            INSERT INTO buyers (buyer_id, business_name, lead_cost)
+            SELECT $1 || lpad(g::text, 4, '0'), 'Buyer ' || g, 1 FROM generate_series(0, $2 - 1) g
+            RETURNING buyer_id)
+         INSERT INTO buyer_credits (buyer_id, balance) SELECT buyer_id, 0 FROM b",
+        &[&prefix, &n],
+    )
+    .await
+    .expect("adding buyers");
+}
+
+/// The name [`add_buyers`] gave buyer `i`.
+pub fn buyer(prefix: &str, i: i32) -> String {
+    format!("{prefix}{i:04}")
+}
+
+/// One top-up of `amount` credits, in a transaction of its own: the reference
+/// trigger writes one add_credits event whose topUpAmount is `amount`.
+pub async fn top_up(c: &Client, buyer: &str, amount: i64) {
+    c.execute(
+        "UPDATE buyer_credits SET balance = balance + $2::bigint WHERE buyer_id = $1",
+        &[&buyer, &amount],
+    )
+    .await
+    .expect("a top-up");
+}
+
+/// An add_credits body's key and sequence number: the buyer and the amount
+/// (the tests top buyers up by 1, 2, 3, ... in that order).
+pub fn buyer_and_amount(body: &serde_json::Value) -> (String, i64) {
+    (
+        body["buyerId"].as_str().unwrap_or_default().to_string(),
+        body["topUpAmount"].as_i64().unwrap_or(-1),
+    )
+}
+
+/// One request as a [`LogReceiver`] saw it.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub key: String,
+    pub seq: i64,
+    /// The webhook-id.
+    pub id: String,
+    /// 1 for the first request with this webhook-id, 2 for the second, ...
+    pub nth: usize,
+    /// The status answered (0 while the answer is being chosen).
+    pub status: u16,
+    /// When it arrived, by the machine's clock (writers record commits by it).
+    pub at: SystemTime,
+    /// The `x-relay` header (tests with several relays set one per relay), or "".
+    pub relay: String,
+    /// The Standard Webhooks signature checks out with the tests' secret.
+    pub signed: bool,
+}
+
+/// A receiver that verifies and logs every request in arrival order, with
+/// the event's key and sequence number taken from its body.
+pub struct LogReceiver {
+    pub url: String,
+    log: Arc<Mutex<ReceiverLog>>,
+    _rx: crate::receiver::Receiver,
+}
+
+#[derive(Default)]
+struct ReceiverLog {
+    requests: Vec<Logged>,
+    /// Distinct (key, sequence number) pairs.
+    events: std::collections::HashSet<(String, i64)>,
+}
+
+impl LogReceiver {
+    /// `fields` takes the key and sequence number out of a body; `answer`
+    /// chooses the reply from what was logged of the request.
+    pub async fn start(
+        fields: impl Fn(&serde_json::Value) -> (String, i64) + Send + Sync + 'static,
+        answer: impl Fn(&Logged) -> crate::receiver::Reply + Send + Sync + 'static,
+    ) -> LogReceiver {
+        use crate::receiver::{signature_is_valid, Receiver, Reply};
+        let log = Arc::new(Mutex::new(ReceiverLog::default()));
+        let into = log.clone();
+        let rx = Receiver::start(move |r| {
+            let at = SystemTime::now();
+            let body: serde_json::Value =
+                serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+            let (key, seq) = fields(&body);
+            let mut logged = Logged {
+                key,
+                seq,
+                id: r.id.clone(),
+                nth: r.nth,
+                status: 0,
+                at,
+                relay: r
+                    .headers
+                    .get("x-relay")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+                signed: signature_is_valid(crate::delivery::SECRET, r),
+            };
+            let reply = answer(&logged);
+            logged.status = match &reply {
+                Reply::Status(s) | Reply::WithHeaders(s, _) | Reply::After(_, s) => *s,
+            };
+            let mut log = into.lock().unwrap();
+            log.events.insert((logged.key.clone(), logged.seq));
+            log.requests.push(logged);
+            reply
+        })
+        .await;
+        LogReceiver {
+            url: rx.url.clone(),
+            log,
+            _rx: rx,
+        }
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn log(&self) -> Vec<Logged> {
+        self.log.lock().unwrap().requests.clone()
+    }
+
+    /// Distinct (key, sequence number) pairs received so far.
+    pub fn events(&self) -> usize {
+        self.log.lock().unwrap().events.len()
+    }
+
+    /// Waits until `n` distinct events have arrived.
+    pub async fn wait_events(&self, n: usize, what: &str, timeout: Duration) {
+        wait_for(what, timeout, || async {
+            (self.events() >= n).then_some(())
+        })
+        .await
+    }
+}
+
+/// Keys whose events, each counted at its first receipt, did not arrive in
+/// increasing sequence.
+pub fn out_of_order_by_first_receipt(log: &[Logged]) -> Vec<String> {
+    let firsts: Vec<&Logged> = log.iter().filter(|l| l.nth == 1).collect();
+    keys_not_rising(firsts.into_iter(), true)
+}
+
+/// Keys with a request for an earlier event after one for a later event (a
+/// retry or a re-send that came after the key had moved on): per key, the
+/// sequence numbers of all requests in arrival order must never go down.
+pub fn going_backwards(log: &[Logged]) -> Vec<String> {
+    keys_not_rising(log.iter(), false)
+}
+
+fn keys_not_rising<'a>(log: impl Iterator<Item = &'a Logged>, strict: bool) -> Vec<String> {
+    let mut last: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut bad = std::collections::BTreeSet::new();
+    for l in log {
+        if let Some(prev) = last.insert(&l.key, l.seq) {
+            if l.seq < prev || (strict && l.seq == prev) {
+                bad.insert(l.key.clone());
+            }
+        }
+    }
+    bad.into_iter().collect()
+}
+
+/// The p-th percentile (0..=100) of `values`, nearest rank; 0 when empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// Milliseconds from `from` to `to` (negative when `to` is earlier).
+pub fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -e.duration().as_secs_f64() * 1000.0,
+    }
+}
+
+/// A throwaway cluster of the test's own, for settings the shared server does
+/// not have (`-c name=value`), with the relay's schema, the reference
+/// application and its triggers in database `postgres`; and its URL. The
+/// cluster goes when the value is dropped.
+pub async fn own_cluster(settings: &[(&str, &str)]) -> (Cluster, String) {
+    let options = ClusterOptions {
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..ClusterOptions::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(options))
+        .await
+        .unwrap()
+        .expect("a throwaway cluster of the test's own");
+    let url = cluster.url("postgres");
+    let mut c = connect(&url).await;
+    outbox_relay::migrate::run_migrations(&mut c)
+        .await
+        .expect("migrating");
+    c.batch_execute(EXAMPLE_APP_SQL)
+        .await
+        .expect("sql/example_app.sql");
+    c.batch_execute(TRIGGERS_SQL)
+        .await
+        .expect("sql/triggers.sql");
+    (cluster, url)
 }
