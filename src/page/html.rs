@@ -171,7 +171,8 @@ fn endpoint_card(out: &mut String, now: DateTime<Utc>, ep: &Endpoint) {
         out.push_str(".</p>");
     }
     let oldest = ep.oldest_pending_seconds.map_or("-".to_string(), age);
-    let _ = write!(
+    let _ =
+        write!(
         out,
         "<dl><dt>Delivered, last {MINUTES} min</dt><dd data-field=\"delivered\">{delivered}</dd>\
          <dt>Failed, last {MINUTES} min</dt><dd data-field=\"failed\"{}>{failed}</dd>\
