@@ -124,8 +124,9 @@ sample() {
 # counted: one event per transaction, as top-ups are, their transaction ids
 # consecutive from x0; each read sees a tick later by one batch, with four
 # transactions in progress that wrote nothing (writers busy elsewhere), as
-# bench/queue/b-drain.sql measured the prototype. The relay's sessions turn
-# sequential scans off (docs/delivery.md).
+# bench/queue/b-drain.sql measured the prototype. The relay's queue sessions
+# turn sequential and plain index scans off (src/db.rs). The parameters
+# follow the statements' own: change both together.
 flatten() { sed -e 's/--.*$//' "$1" | tr '\n' ' ' | sed -e "s/'/''/g"; }
 relay_proc="CREATE OR REPLACE PROCEDURE bench_drain(batch int) LANGUAGE plpgsql AS \$\$
 DECLARE
@@ -135,6 +136,7 @@ DECLARE
     tick text; r record; ids bigint[]; vers text[]; keys text[]; n int;
 BEGIN
     SET enable_seqscan = off;
+    SET enable_indexscan = off;
     LOOP
         ids := '{}'; vers := '{}'; keys := '{}';
         tick := format('%s:%s:%s', running[1], x + batch, array_to_string(running, ','));
@@ -149,7 +151,7 @@ BEGIN
         EXECUTE '$(flatten sql/queue/write_back.sql)' USING ids, array_fill(1, ARRAY[n]), array_fill('delivered'::text, ARRAY[n]),
             array_fill(now(), ARRAY[n]), array_fill(5, ARRAY[n]), array_fill(200, ARRAY[n]), array_fill(NULL::text, ARRAY[n]),
             array_fill(NULL::text, ARRAY[n]), array_fill(NULL::timestamptz, ARRAY[n]), 'bench', vers, keys,
-            array_fill(false, ARRAY[n]), array_fill(false, ARRAY[n]);
+            array_fill('log'::text, ARRAY[n]), array_fill(false, ARRAY[n]);
         COMMIT;
         EXECUTE '$(flatten sql/queue/cursor.sql)' USING 1, tick, parts, array_fill(0, ARRAY[16]), 'bench';
         COMMIT;
