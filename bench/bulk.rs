@@ -120,10 +120,8 @@ async fn run(b: &Bench, n: i64, triggers: bool) -> Result<Vec<f64>> {
     let url = b.fresh_db("bench_bulk").await?;
     let c = connect(&url).await?;
     c.batch_execute(&format!(
-        "WITH e AS (INSERT INTO webhook.endpoints (name, url, events)
-                    VALUES ('bulk', 'http://127.0.0.1:9/', ARRAY['user_credits_zero', 'post_code_change', 'add_credits'])
-                    RETURNING endpoint_id)
-         INSERT INTO webhook.wakeup (endpoint_id, armed) SELECT endpoint_id, false FROM e;
+        "INSERT INTO webhook.endpoints (name, url, events, armed)
+         VALUES ('bulk', 'http://127.0.0.1:9/', ARRAY['user_credits_zero', 'post_code_change', 'add_credits'], false);
          ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events;
          TRUNCATE buyers CASCADE;
          TRUNCATE webhook.outbox CASCADE;

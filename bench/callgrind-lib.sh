@@ -57,13 +57,11 @@ cg_init() {
     "${as_server[@]}" "$bindir/initdb" -D "$data" -U postgres --auth=trust >"$work/initdb.log" 2>&1
     cg_start
     psql_ -d postgres -c "CREATE DATABASE bench"
-    for f in migrations/V*.sql sql/example_app.sql; do psql_ -d bench -f "$f" >/dev/null; done
+    for f in $(ls migrations/V*.sql | sort -V) sql/example_app.sql; do psql_ -d bench -f "$f" >/dev/null; done
     psql_ -d bench -f sql/triggers.sql >/dev/null 2>&1
     psql_ -d bench <<'SQL' >/dev/null
-WITH e AS (INSERT INTO webhook.endpoints (name, url, events)
-           VALUES ('bench', 'http://127.0.0.1:9/', ARRAY['user_credits_zero', 'post_code_change', 'add_credits'])
-           RETURNING endpoint_id)
-INSERT INTO webhook.wakeup (endpoint_id, armed) SELECT endpoint_id, false FROM e;
+INSERT INTO webhook.endpoints (name, url, events, armed)
+VALUES ('bench', 'http://127.0.0.1:9/', ARRAY['user_credits_zero', 'post_code_change', 'add_credits'], false);
 ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events;
 ALTER TABLE buyer_postcodes DISABLE TRIGGER webhook_events;
 INSERT INTO buyers SELECT 'b' || g, 'Bench Buyer ' || g, 1 FROM generate_series(1, 10000) g;

@@ -9,11 +9,13 @@
 #   KEEP=1 bash bench/instructions.sh     # keep the last sample's callgrind output
 #   ONLY=postcode bash bench/instructions.sh   # only the postcode-change cases
 #   ONLY=bulk bash bench/instructions.sh       # bulk changes of 2,500 and 10,000 buyers
+#   ONLY=relay BATCHES=200 bash bench/instructions.sh   # only the relay's statements
 #
 # Needs valgrind and the Postgres server binaries. Starts a throwaway cluster
 # in a temporary directory (as the `postgres` or `nobody` account when run as
 # root), loads migrations/, sql/example_app.sql, sql/triggers.sql, one
-# endpoint subscribed to every event (its wake-up switch off, as under load)
+# endpoint subscribed to every event (its wake-up switch off, as under load;
+# its 16 partitions)
 # and 10,000 buyers with three postcodes each, then stops it. Each case runs a
 # single-user backend under callgrind twice, with N and 3N top-ups (each its
 # own transaction, as in the benchmark's load); the difference divided by 2N
@@ -62,13 +64,13 @@ port=$(( 20000 + RANDOM % 20000 ))
     -o "-p $port -k $work -c listen_addresses= -c shared_buffers=1GB" start >/dev/null
 psql_() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@"; }
 psql_ -d postgres -c "CREATE DATABASE bench"
-for f in migrations/V*.sql sql/example_app.sql; do psql_ -d bench -f "$f" >/dev/null; done
+# In version order: V10 sorts before V2 by name.
+for f in $(ls migrations/V*.sql | sort -V) sql/example_app.sql; do psql_ -d bench -f "$f" >/dev/null; done
 psql_ -d bench -f sql/triggers.sql >/dev/null 2>&1
 psql_ -d bench <<'SQL' >/dev/null
-WITH e AS (INSERT INTO webhook.endpoints (name, url, events)
-           VALUES ('bench', 'http://127.0.0.1:9/', ARRAY['user_credits_zero', 'post_code_change', 'add_credits'])
-           RETURNING endpoint_id)
-INSERT INTO webhook.wakeup (endpoint_id, armed) SELECT endpoint_id, false FROM e;
+INSERT INTO webhook.endpoints (name, url, events, armed)
+VALUES ('bench', 'http://127.0.0.1:9/', ARRAY['user_credits_zero', 'post_code_change', 'add_credits'], false);
+INSERT INTO webhook.partitions (endpoint_id, partition) SELECT 1, p FROM generate_series(0, 15) p;
 ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events;
 ALTER TABLE buyer_postcodes DISABLE TRIGGER webhook_events;
 INSERT INTO buyers SELECT 'b' || g, 'Bench Buyer ' || g, 1 FROM generate_series(1, 10000) g;
@@ -113,25 +115,80 @@ sample() {
     grep -o 'Collected : [0-9]*' "$work/single.log" | awk '{ print $3 }'
 }
 
-# The relay's side: drain a backlog of `count` pending rows with the relay's
-# own claim and write-back statements (sql/claim.sql, sql/complete.sql), 32
-# rows a claim as with the default max_in_flight, each statement committed
-# on its own as the relay's are. The backlog is written by a run of its own,
-# not counted.
+# The relay's side: drain a backlog of `count` events with the relay's own
+# statements (sql/queue/read.sql, sql/queue/write_back.sql,
+# sql/queue/cursor.sql), `batch` rows a read and a write-back, each
+# statement committed on its own as the relay's are, every outcome written
+# back as delivered, the cursor moved after each batch. One relay owns the
+# endpoint's 16 partitions. The backlog is written by a run of its own, not
+# counted: one event per transaction, as top-ups are, their transaction ids
+# consecutive from x0; each read sees a tick later by one batch, with four
+# transactions in progress that wrote nothing (writers busy elsewhere), as
+# bench/queue/b-drain.sql measured the prototype. The relay's queue sessions
+# turn sequential and plain index scans off (src/db.rs). The parameters
+# follow the statements' own: change both together.
 flatten() { sed -e 's/--.*$//' "$1" | tr '\n' ' ' | sed -e "s/'/''/g"; }
-relay_proc="CREATE OR REPLACE PROCEDURE bench_drain() LANGUAGE plpgsql AS \$\$ DECLARE r record; ids bigint[]; att int[]; leases timestamptz[]; vers text[]; n int; BEGIN SET enable_seqscan = off; LOOP ids := '{}'; att := '{}'; leases := '{}'; vers := '{}'; FOR r IN EXECUTE '$(flatten sql/claim.sql)' USING 1, 32, 30.0::float8, 'bench' LOOP ids := ids || r.id; att := att || r.attempts; leases := leases || r.lease_expires_at; vers := vers || r.ctid; END LOOP; COMMIT; n := cardinality(ids); EXIT WHEN n = 0; EXECUTE '$(flatten sql/complete.sql)' USING ids, att, array_fill('delivered'::text, ARRAY[n]), array_fill(now(), ARRAY[n]), array_fill(5, ARRAY[n]), array_fill(200, ARRAY[n]), array_fill(NULL::text, ARRAY[n]), array_fill(NULL::text, ARRAY[n]), array_fill(NULL::timestamptz, ARRAY[n]), 'bench', leases, vers; COMMIT; END LOOP; END \$\$;"
+relay_proc="CREATE OR REPLACE PROCEDURE bench_drain(batch int) LANGUAGE plpgsql AS \$\$
+DECLARE
+    parts int[] := ARRAY(SELECT generate_series(0, 15));
+    x bigint := (SELECT x0 FROM bench_backlog_xids);
+    running text[] := ARRAY[(x - 7)::text, (x - 5)::text, (x - 3)::text, (x - 2)::text];
+    tick text; r record; ids bigint[]; vers text[]; keys text[]; n int;
+BEGIN
+    SET enable_seqscan = off;
+    SET enable_indexscan = off;
+    LOOP
+        ids := '{}'; vers := '{}'; keys := '{}';
+        tick := format('%s:%s:%s', running[1], x + batch, array_to_string(running, ','));
+        FOR r IN EXECUTE '$(flatten sql/queue/read.sql)' USING 1, x::text, running, tick, parts, batch, 0::bigint, 15 LOOP
+            CONTINUE WHEN r.id IS NULL;
+            ids := ids || r.id; vers := vers || r.ctid; keys := keys || r.ordering_key;
+        END LOOP;
+        COMMIT;
+        n := cardinality(ids);
+        EXIT WHEN n = 0;
+        x := x + batch;
+        EXECUTE '$(flatten sql/queue/write_back.sql)' USING ids, array_fill(1, ARRAY[n]), array_fill('delivered'::text, ARRAY[n]),
+            array_fill(now(), ARRAY[n]), array_fill(5, ARRAY[n]), array_fill(200, ARRAY[n]), array_fill(NULL::text, ARRAY[n]),
+            array_fill(NULL::text, ARRAY[n]), array_fill(NULL::timestamptz, ARRAY[n]), 'bench', vers, keys,
+            array_fill('log'::text, ARRAY[n]), array_fill(false, ARRAY[n]);
+        COMMIT;
+        EXECUTE '$(flatten sql/queue/cursor.sql)' USING 1, tick, parts, array_fill(0, ARRAY[16]), 'bench';
+        COMMIT;
+    END LOOP;
+END \$\$;"
+backlog_proc="CREATE TABLE IF NOT EXISTS bench_backlog_xids (x0 bigint);
+CREATE OR REPLACE PROCEDURE bench_backlog(n int) LANGUAGE plpgsql AS \$\$
+BEGIN
+    TRUNCATE webhook.outbox; TRUNCATE webhook.attempts; TRUNCATE webhook.holds; TRUNCATE webhook.parked;
+    TRUNCATE webhook.redeliveries; TRUNCATE webhook.dead_rows; TRUNCATE bench_backlog_xids;
+    UPDATE webhook.partitions SET tick = '1:1:', owner = 'bench', lease_expires_at = now() + interval '1 day';
+    COMMIT;
+    FOR g IN 1 .. n LOOP
+        INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id)
+        VALUES (webhook.new_event_id(), 'add_credits', jsonb_build_object('buyerId', 'b' || g, 'buyerName', 'Bench Buyer ' || g,
+                'postCodeList', '[\"AB1\",\"BN2\",\"GN3\"]'::jsonb, 'topUpAmount', 10, 'eventCode', 'add_credits'), 'b' || g, 1);
+        IF g = 1 THEN
+            INSERT INTO bench_backlog_xids VALUES (pg_current_xact_id()::text::bigint);
+        END IF;
+        COMMIT;
+    END LOOP;
+END \$\$;"
 backlog() {
-    echo "TRUNCATE webhook.outbox CASCADE; INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id) SELECT webhook.new_event_id(), 'add_credits', jsonb_build_object('buyerId', 'b' || g, 'buyerName', 'Bench Buyer ' || g, 'postCodeList', '[\"AB1\",\"BN2\",\"GN3\"]'::jsonb, 'topUpAmount', 10, 'eventCode', 'add_credits'), 'b' || g, 1 FROM generate_series(1, $1) g;" >"$work/backlog.sql"
-    echo "$relay_proc" >>"$work/backlog.sql"
-    echo "VACUUM ANALYZE webhook.outbox;" >>"$work/backlog.sql"
+    {
+        echo "$backlog_proc" | tr '\n' ' '; echo
+        echo "$relay_proc" | tr '\n' ' '; echo
+        echo "CALL bench_backlog($1);"
+        echo "VACUUM ANALYZE webhook.outbox;"
+    } >"$work/backlog.sql"
     chmod 644 "$work/backlog.sql"
     "${as_server[@]}" "$bindir/postgres" --single -D "$data" bench <"$work/backlog.sql" >"$work/backlog.log" 2>&1
     if grep -q ERROR "$work/backlog.log"; then grep -m1 ERROR "$work/backlog.log" >&2; exit 1; fi
 }
 drain() {
-    local count=$1 out="$work/callgrind.out"
+    local count=$1 batch=$2 out="$work/callgrind.out"
     backlog "$count"
-    echo "CALL bench_drain();" >"$work/in.sql"
+    echo "CALL bench_drain($batch);" >"$work/in.sql"
     chmod 644 "$work/in.sql"
     "${as_server[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$bindir/postgres" --single -D "$data" bench <"$work/in.sql" >"$work/single.log" 2>&1
@@ -140,7 +197,15 @@ drain() {
     left=$(echo "SELECT count(*) FROM webhook.outbox WHERE status <> 'delivered';" \
         | "${as_server[@]}" "$bindir/postgres" --single -D "$data" bench 2>&1 | grep -o 'count = "[0-9]*"' | tr -dc 0-9)
     [ "$left" = 0 ] || { echo "instructions.sh: the drain left $left rows undelivered" >&2; exit 1; }
-    grep -o 'Collected : [0-9]*' "$work/single.log" | awk '{ print $3 }'
+    echo "$(grep -o 'Collected : [0-9]*' "$work/single.log" | awk '{ print $3 }') $(planning "$out")"
+}
+# What callgrind file $1 counts in parsing, analysing and planning statements:
+# the benchmark runs each statement by EXECUTE, planned every time; the relay
+# prepares its statements once per connection and mostly skips this.
+planning() {
+    callgrind_annotate --inclusive=yes "$1" 2>/dev/null \
+        | grep -E '\?\?\?:(raw_parser|pg_analyze_and_rewrite_[a-z]+|pg_plan_queries) \[' \
+        | awk '{ gsub(",", "", $1); s += $1 } END { print s + 0 }'
 }
 
 reset="DROP TRIGGER IF EXISTS bench_bare ON buyer_credits; ALTER TABLE buyer_credits DISABLE TRIGGER webhook_events; ALTER TABLE buyer_postcodes DISABLE TRIGGER webhook_events; TRUNCATE webhook.outbox CASCADE;"
@@ -187,19 +252,24 @@ if [ "${ONLY:-}" = bulk ]; then
     exit 0
 fi
 
-# ONLY=postcode counts the postcode cases alone.
-[ "${ONLY:-}" = postcode ] || for case in no-trigger bare-insert reference-triggers; do
+# ONLY=postcode counts the postcode cases alone, ONLY=relay the relay's statements.
+[ "${ONLY:-}" = postcode ] || [ "${ONLY:-}" = relay ] || for case in no-trigger bare-insert reference-triggers; do
     small=$(sample "${setup[$case]}" "$N")
     large=$(sample "${setup[$case]}" $((3 * N)))
     printf '%-20s %8d instructions per top-up\n' "$case" $(( (large - small) / (2 * N) ))
 done
-for case in postcode-no-trigger postcode-trigger; do
+[ "${ONLY:-}" = relay ] || for case in postcode-no-trigger postcode-trigger; do
     small=$(sample "${setup[$case]}" "$N" postcode)
     large=$(sample "${setup[$case]}" $((3 * N)) postcode)
     printf '%-20s %8d instructions per postcode change (one new postcode, its own transaction)\n' "$case" $(( (large - small) / (2 * N) ))
 done
 [ "${ONLY:-}" = postcode ] && exit 0
-small=$(drain $((4 * N)))
-large=$(drain $((12 * N)))
-printf '%-20s %8d instructions per event (the relay'"'"'s claim and write-back, %d and %d rows)\n' \
-    "relay-statements" $(( (large - small) / (8 * N) )) $((4 * N)) $((12 * N))
+# BATCHES: rows a read and a write-back take (the relay reads up to 500 rows
+# a statement, and writes back what has completed, up to 1,000).
+for batch in ${BATCHES:-32 200}; do
+    small=($(drain $((4 * N)) "$batch"))
+    large=($(drain $((12 * N)) "$batch"))
+    printf '%-20s %8d instructions per event (the relay'"'"'s read, write-back and cursor, %d a batch; %d and %d events), %d without parsing and planning\n' \
+        "relay-statements" $(( (large[0] - small[0]) / (8 * N) )) "$batch" $((4 * N)) $((12 * N)) \
+        $(( (large[0] - large[1] - small[0] + small[1]) / (8 * N) ))
+done

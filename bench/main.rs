@@ -929,7 +929,7 @@ async fn overhead(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result<
             if !with_relay {
                 relay = None;
                 // As a busy relay leaves it: writers send no NOTIFY.
-                c.batch_execute("UPDATE webhook.wakeup SET armed = false")
+                c.batch_execute("UPDATE webhook.endpoints SET armed = false")
                     .await?;
             } else if relay.is_none() {
                 relay = Some(spawn_relay()?);

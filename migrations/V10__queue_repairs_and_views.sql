@@ -139,6 +139,22 @@ SELECT e.name AS endpoint,
 -- something to change: every new row version fails the write-back fence of
 -- an attempt in progress (docs/dba.md: such a row is sent again).
 
+-- The dead rows of endpoint `ep` (NULL: every endpoint) created in [since,
+-- until) (NULL: unbounded), through webhook.dead_rows.
+CREATE FUNCTION webhook.dead_ids(ep integer, since timestamptz, until timestamptz)
+RETURNS bigint[]
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT array_agg(o.id ORDER BY o.id)
+      FROM webhook.dead_rows d
+      JOIN webhook.outbox o ON o.id = d.outbox_id
+     WHERE (dead_ids.ep IS NULL OR d.endpoint_id = dead_ids.ep)
+       AND o.status = 'dead'
+       AND (dead_ids.since IS NULL OR o.created_at >= dead_ids.since)
+       AND (dead_ids.until IS NULL OR o.created_at < dead_ids.until)
+$$;
+
 -- Rows `ids` whose status is `from_status` ('dead' or 'delivered'): sent
 -- again outside their key's order. Returns how many.
 CREATE FUNCTION webhook.resend(ids bigint[], from_status text)
@@ -239,13 +255,7 @@ BEGIN
     ep := webhook.endpoint_id_of(replay.endpoint, 'webhook.replay');
 
     IF replay.status = 'dead' THEN
-        SELECT array_agg(o.id) INTO ids
-          FROM webhook.dead_rows d
-          JOIN webhook.outbox o ON o.id = d.outbox_id
-         WHERE (ep IS NULL OR d.endpoint_id = ep)
-           AND o.status = 'dead'
-           AND (replay.since IS NULL OR o.created_at >= replay.since)
-           AND (replay.until IS NULL OR o.created_at < replay.until);
+        ids := webhook.dead_ids(ep, replay.since, replay.until);
     ELSIF replay.status = 'pending' THEN
         SELECT array_agg(o.id) INTO ids
           FROM webhook.endpoints e
@@ -333,15 +343,8 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     ep integer := webhook.endpoint_id_of(purge_dead.endpoint, 'webhook.purge_dead');
-    ids bigint[];
+    ids bigint[] := webhook.dead_ids(ep, purge_dead.since, purge_dead.until);
 BEGIN
-    SELECT array_agg(o.id) INTO ids
-      FROM webhook.dead_rows d
-      JOIN webhook.outbox o ON o.id = d.outbox_id
-     WHERE (ep IS NULL OR d.endpoint_id = ep)
-       AND o.status = 'dead'
-       AND (purge_dead.since IS NULL OR o.created_at >= purge_dead.since)
-       AND (purge_dead.until IS NULL OR o.created_at < purge_dead.until);
     IF dry_run OR ids IS NULL THEN
         RETURN coalesce(cardinality(ids), 0);
     END IF;

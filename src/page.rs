@@ -149,6 +149,7 @@ async fn collect(api: &Api) -> anyhow::Result<Page> {
             in_flight: r.get(9),
             dead: r.get(10),
             oldest_pending_seconds: r.get(11),
+            held_keys: r.get(12),
         })
         .collect();
     let r = conn

@@ -25,6 +25,8 @@ pub struct Endpoint {
     pub in_flight: i64,
     pub dead: i64,
     pub oldest_pending_seconds: Option<f64>,
+    /// Keys held back by a failing event (webhook.held_keys).
+    pub held_keys: i64,
 }
 
 /// One failed attempt.
@@ -169,19 +171,23 @@ fn endpoint_card(out: &mut String, now: DateTime<Utc>, ep: &Endpoint) {
         out.push_str(".</p>");
     }
     let oldest = ep.oldest_pending_seconds.map_or("-".to_string(), age);
-    let _ = write!(
+    let _ =
+        write!(
         out,
         "<dl><dt>Delivered, last {MINUTES} min</dt><dd data-field=\"delivered\">{delivered}</dd>\
          <dt>Failed, last {MINUTES} min</dt><dd data-field=\"failed\"{}>{failed}</dd>\
          <dt>Pending</dt><dd data-field=\"pending\">{}</dd>\
          <dt>In flight</dt><dd data-field=\"in_flight\">{}</dd>\
          <dt>Dead</dt><dd data-field=\"dead\"{}>{}</dd>\
-         <dt>Oldest pending</dt><dd data-field=\"oldest_pending\">{oldest}</dd></dl>",
+         <dt>Oldest pending</dt><dd data-field=\"oldest_pending\">{oldest}</dd>\
+         <dt>Held keys</dt><dd data-field=\"held_keys\"{}>{}</dd></dl>",
         if failed > 0 { " class=\"bad\"" } else { "" },
         ep.pending,
         ep.in_flight,
         if ep.dead > 0 { " class=\"bad\"" } else { "" },
         ep.dead,
+        if ep.held_keys > 0 { " class=\"bad\"" } else { "" },
+        ep.held_keys,
     );
     // One bar per minute: delivered (green) under failed (red), scaled to
     // the endpoint's busiest minute.
@@ -358,6 +364,7 @@ mod tests {
                 in_flight: 0,
                 dead: 0,
                 oldest_pending_seconds: Some(61.0),
+                held_keys: 2,
             }],
             failures: vec![Failure {
                 at: now,
@@ -377,6 +384,7 @@ mod tests {
         assert!(!html.contains("crm<b>"));
         assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
         assert!(html.contains("data-field=\"pending\">3<"));
+        assert!(html.contains("data-field=\"held_keys\" class=\"bad\">2<"));
         assert!(html.contains("data-field=\"failed\" class=\"bad\">15<"));
         assert!(html.contains("2 (probe)"));
         assert!(html.contains("<meta http-equiv=\"refresh\""));

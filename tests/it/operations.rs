@@ -13,7 +13,9 @@ use tokio_postgres::Client;
 
 use crate::delivery::{config, config_text, count_status, start, SECRET};
 use crate::receiver::Receiver;
-use crate::support::{cli, hold, park, redeliver, set_dead, stderr, stdout, wait_for, TestDb, BIN};
+use crate::support::{
+    cli, hold, park, redeliver, rows, set_dead, stderr, stdout, wait_for, TestDb, BIN,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -223,35 +225,22 @@ async fn replaying_pending_rows_retries_them_where_they_wait() {
         one_i64(&c, "SELECT webhook.replay('a', 'pending')").await,
         4
     );
-    let rows: Vec<(i64, i32, bool)> = c
-        .query(
-            "SELECT id, attempts, next_attempt_at <= now() FROM webhook.outbox
-              WHERE endpoint_id = 1 ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
     assert_eq!(
-        rows,
-        [(1, 0, true), (3, 0, true), (5, 0, true), (7, 0, true)],
+        rows(
+            &c,
+            "SELECT id, attempts, next_attempt_at <= now() FROM webhook.outbox WHERE endpoint_id = 1 ORDER BY id"
+        )
+        .await,
+        ["(1,0,t)", "(3,0,t)", "(5,0,t)", "(7,0,t)"],
         "a fresh budget, due now"
     );
-    let held: Vec<(String, i64, bool)> = c
-        .query(
-            "SELECT ordering_key, outbox_id, next_attempt_at <= now() FROM webhook.holds",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
     assert_eq!(
-        held,
-        [("k1".to_string(), 1, true)],
+        rows(
+            &c,
+            "SELECT ordering_key, outbox_id, next_attempt_at <= now() FROM webhook.holds"
+        )
+        .await,
+        ["(k1,1,t)"],
         "the head keeps its key, due now"
     );
     assert_eq!(
@@ -419,21 +408,15 @@ async fn views_show_backlog_health_and_recent_failures() {
     assert_eq!((b.get::<_, i64>(0), b.get::<_, i64>(1)), (0, 0));
     assert!(b.get::<_, bool>(2));
 
-    let held: Vec<String> = c
-        .query(
-            "SELECT concat_ws(' ', endpoint, ordering_key, outbox_id, attempts,
-                              next_attempt_at > now() + interval '9 minutes', last_error, parked)
-               FROM webhook.held_keys",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     assert_eq!(
-        held,
-        ["a k4 7 2 t HTTP 503 1"],
+        rows(
+            &c,
+            "SELECT endpoint, ordering_key, outbox_id, attempts, next_attempt_at > now() + interval '9 minutes',
+                    last_error, parked
+               FROM webhook.held_keys"
+        )
+        .await,
+        [r#"(a,k4,7,2,t,"HTTP 503",1)"#],
         "key k4 held by row 7 (two attempts, due in ten minutes), one event parked behind it"
     );
 

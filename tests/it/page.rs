@@ -136,6 +136,10 @@ async fn the_page_in_a_browser_shows_what_the_database_says() {
                 "in_flight",
                 "SELECT in_flight FROM webhook.backlog WHERE endpoint = $1",
             ),
+            (
+                "held_keys",
+                "SELECT count(*) FROM webhook.held_keys WHERE endpoint = $1",
+            ),
         ] {
             let n = one_i64(&c, count, name).await;
             assert_eq!(field(card, f), n.to_string(), "{name} {f}");

@@ -199,6 +199,17 @@ impl Drop for TestDb {
         .join();
     }
 }
+/// The rows of `sql`, each as Postgres prints a row value (`(a,1,t)`, strings
+/// with spaces in quotes, NULL as nothing), in the order of `sql`.
+pub async fn rows(c: &Client, sql: &str) -> Vec<String> {
+    c.query(&format!("SELECT r::text FROM ({sql}) r"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// The queue's state as a relay leaves it (V9, V10), set by hand for tests of
 /// the DBA's functions and views: rows `ids` dead, each with its
 /// webhook.dead_rows row.

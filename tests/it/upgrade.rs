@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use crate::delivery::{config, count_status, start};
 use crate::receiver::Receiver;
-use crate::support::{wait_for, TestDb};
+use crate::support::{rows, wait_for, TestDb};
 
 type OldRow = (
     &'static str,
@@ -190,23 +190,18 @@ async fn check_upgraded_state(version: u32) {
     // A key with an attempted unsettled row is held by its oldest unsettled
     // row, due at that row's retry time; the key's other unsettled rows wait
     // parked behind it. k3 and billing's k1 were never attempted: nothing.
-    let holds: Vec<(String, String, String, bool)> = c
-        .query(
+    assert_eq!(
+        rows(
+            &c,
             "SELECT e.name, h.ordering_key, o.event_id, h.next_attempt_at = o.next_attempt_at
                FROM webhook.holds h
                JOIN webhook.endpoints e USING (endpoint_id)
                JOIN webhook.outbox o ON o.id = h.outbox_id
-              ORDER BY h.ordering_key",
-            &[],
+              ORDER BY h.ordering_key"
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
-    let hold =
-        |key: &str, event: &str| ("crm".to_string(), key.to_string(), event.to_string(), true);
-    assert_eq!(holds, [hold("k1", "evt_a2"), hold("k2", "evt_b1")]);
+        .await,
+        ["(crm,k1,evt_a2,t)", "(crm,k2,evt_b1,t)"]
+    );
     assert_eq!(
         labels(&c, &ids, "SELECT outbox_id FROM webhook.parked").await,
         ["a3", "a4", "b2"]
@@ -243,40 +238,32 @@ async fn check_upgraded_state(version: u32) {
         ["d1", "e4", "f2"]
     );
     // Every endpoint's partitions, free, with a tick that sees no transaction.
-    let partitions: Vec<(String, i64, i64)> = c
-        .query(
+    assert_eq!(
+        rows(
+            &c,
             "SELECT e.name, count(p.partition),
                     count(*) FILTER (WHERE p.owner IS NULL AND p.tick::text = '1:1:')
                FROM webhook.endpoints e JOIN webhook.partitions p USING (endpoint_id)
-              GROUP BY e.name ORDER BY e.name",
-            &[],
+              GROUP BY e.name ORDER BY e.name"
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert_eq!(
-        partitions,
-        [("billing".to_string(), 16, 16), ("crm".to_string(), 16, 16)]
+        .await,
+        ["(billing,16,16)", "(crm,16,16)"]
     );
 
     // The indexes every writer paid for are gone, the log's index is there;
     // attempts have no foreign key; the wake-up switch is on the endpoint.
-    let indexes: Vec<String> = c
-        .query(
-            "SELECT indexname FROM pg_indexes WHERE schemaname = 'webhook' AND tablename = 'outbox'
-              ORDER BY indexname",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     assert_eq!(
-        indexes,
-        ["outbox_endpoint_xid", "outbox_event_id", "outbox_pkey"]
+        rows(
+            &c,
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'webhook' AND tablename = 'outbox'
+              ORDER BY indexname"
+        )
+        .await,
+        [
+            "(outbox_endpoint_xid)",
+            "(outbox_event_id)",
+            "(outbox_pkey)"
+        ]
     );
     let leftovers: (i64, bool, i64) = {
         let r = c
@@ -294,37 +281,28 @@ async fn check_upgraded_state(version: u32) {
     assert_eq!(leftovers, (0, true, attempts), "every attempt kept");
 
     // The DBA's views read that state.
-    let backlog: Vec<(String, i64, i64, i64, i64)> = c
-        .query(
-            "SELECT endpoint, pending, due, in_flight, dead FROM webhook.backlog ORDER BY endpoint",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-        .collect();
     assert_eq!(
-        backlog,
+        rows(
+            &c,
+            "SELECT endpoint, pending, due, in_flight, dead FROM webhook.backlog ORDER BY endpoint"
+        )
+        .await,
         [
-            ("billing".to_string(), 1, 1, 0, 1),
+            "(billing,1,1,0,1)",
             // pending: a2-a4, b1, b2, c1, c2, e1-e3; due: b1 (held, due
             // now), c1, c2, e1, e3 (a2 and e2 wait for their retry, a3, a4
             // and b2 for their key's head).
-            ("crm".to_string(), 10, 5, 0, 2),
+            "(crm,10,5,0,2)",
         ]
     );
-    let held: Vec<(String, i64)> = c
-        .query(
-            "SELECT ordering_key, parked FROM webhook.held_keys ORDER BY ordering_key",
-            &[],
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT ordering_key, parked FROM webhook.held_keys ORDER BY ordering_key"
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(held, [("k1".to_string(), 2), ("k2".to_string(), 1)]);
+        .await,
+        ["(k1,2)", "(k2,1)"]
+    );
     // An old relay left running would fail at its first claim.
     let err = c
         .batch_execute("UPDATE webhook.outbox SET status = 'in_flight' WHERE event_id = 'evt_c1'")

@@ -14,6 +14,7 @@ use crate::support::{wait_for, TestDb};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The wake-up switch of the test's one endpoint (on its row since V9).
 async fn armed(c: &tokio_postgres::Client) -> Option<bool> {
     c.query_opt("SELECT armed FROM webhook.endpoints", &[])
         .await
