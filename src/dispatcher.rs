@@ -30,10 +30,10 @@ use crate::config::{EndpointConfig, Ordering};
 use crate::db::Db;
 use crate::deliver;
 use crate::metrics::{Metrics, ProbeLabels};
-use crate::queue::cursor::{Read, Reads};
+use crate::queue::cursor::Reads;
 use crate::queue::keys::{Keys, Outcome, Queued, Then, KEY_CAP};
 use crate::queue::ownership::{self, Owned};
-use crate::queue::reader::{self, Event, Scope, Source};
+use crate::queue::reader::{self, Event, Scope};
 use crate::queue::ticks::Tick;
 use crate::queue::writeback::{Unwritten, Write};
 use crate::retry::RetryPolicy;
@@ -123,11 +123,13 @@ struct Loop {
     reading: reading::Reading,
     /// Partitions held, by which taking of them.
     known: BTreeMap<i32, u64>,
-    /// Partitions being given back (no longer read), each with the newest
-    /// read when it stopped being read: it goes back once that read is
-    /// settled, so its new owner never reads an event whose outcome this
+    /// Partitions being given back (no longer read, their waiting events
+    /// dropped), each with the cursor it goes back with: the newest tick up
+    /// to which every event of it was settled when it stopped being read. It
+    /// goes back once nothing of it is in flight or on its way to the
+    /// database, so its new owner never reads an event whose outcome this
     /// relay has not written yet.
-    giving_back: BTreeMap<i32, Option<Arc<Read>>>,
+    giving_back: BTreeMap<i32, Tick>,
     owned: Owned,
     to_park: Vec<Event>,
     park_at: Instant,
@@ -311,9 +313,25 @@ impl Loop {
             .filter(|p| !self.giving_back.contains_key(p))
             .collect();
         if active.len() > keep {
+            // Every read up to this tick is settled, this partition's events
+            // included; without one, the cursor it was taken with.
+            let settled = self
+                .reads
+                .advance()
+                .or_else(|| self.cursor.as_ref().map(|(t, _)| t.clone()));
+            if let Some(t) = &settled {
+                self.cursor = Some((t.clone(), false));
+            }
             for p in &active[keep..] {
-                self.giving_back.insert(*p, self.reads.newest());
+                let Some(tick) = settled
+                    .clone()
+                    .or_else(|| self.owned.parts.get(p).map(|h| h.tick.clone()))
+                else {
+                    continue;
+                };
+                self.giving_back.insert(*p, tick);
                 self.reading.stop_reading(*p);
+                self.drop_waiting(*p);
             }
         }
     }
@@ -352,13 +370,25 @@ impl Loop {
         self.holds_at = Instant::now();
     }
 
-    /// The partition is gone: its waiting events leave memory (their rows
-    /// are the new owner's now).
-    fn lose(&mut self, p: i32) {
+    /// The partition's waiting events leave memory: their rows are read
+    /// again by its next owner, from the cursor it gets.
+    fn drop_waiting(&mut self, p: i32) {
         for ev in self.keys.drop_partition(p) {
             ev.token.settle();
         }
-        self.to_park.retain(|e| e.partition != p);
+        let (gone, kept): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.to_park)
+            .into_iter()
+            .partition(|e| e.partition == p);
+        self.to_park = kept;
+        for ev in gone {
+            ev.token.settle();
+        }
+    }
+
+    /// The partition is gone: its waiting events leave memory (their rows
+    /// are the new owner's now).
+    fn lose(&mut self, p: i32) {
+        self.drop_waiting(p);
         self.reading.forget(p);
         self.giving_back.remove(&p);
         self.known.remove(&p);
@@ -593,7 +623,7 @@ impl Loop {
             }
         }
         let loose = ev.key().is_none();
-        let pending = (ev.source != Source::Log).then(|| self.unwritten.add(ev.id));
+        let pending = self.unwritten.add(ev.id, ev.partition);
         let t = match ev.key() {
             Some(k) => {
                 let outcome = if retry {
@@ -696,40 +726,39 @@ impl Loop {
         r
     }
 
-    /// Gives back partitions over the share once nothing of theirs is in flight.
+    /// Gives back partitions over the share once nothing of theirs is in
+    /// flight or on its way to the database.
     async fn give_back_idle(&mut self) {
         let counts = self.keys.in_flight_by_partition();
-        let idle: Vec<i32> = self
-            .giving_back
-            .iter()
-            .filter(|(p, last)| {
-                !counts.contains_key(p)
-                    && !self.reading.catching_up(**p)
-                    && last.as_ref().is_none_or(|r| self.reads.passed(r))
-            })
-            .map(|(p, _)| *p)
-            .collect();
-        if idle.is_empty() {
-            return;
-        }
-        let tick = self.cursor.as_ref().map(|(t, _)| t.clone());
-        match ownership::give_back(
-            &self.shared.db,
-            self.ep.id,
-            &self.shared.relay_name,
-            &idle,
-            tick.as_ref(),
-        )
-        .await
-        {
-            Ok(()) => {
-                for p in idle {
-                    tracing::info!(endpoint = %self.ep.cfg.name, partition = p, "partition given back");
-                    self.lose(p);
-                }
+        let mut idle: BTreeMap<String, (Tick, Vec<i32>)> = BTreeMap::new();
+        for (p, tick) in &self.giving_back {
+            if counts.contains_key(p) || self.unwritten.any_in(*p) || self.reading.catching_up(*p) {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "giving partitions back failed; will retry")
+            idle.entry(tick.text().to_string())
+                .or_insert_with(|| (tick.clone(), Vec::new()))
+                .1
+                .push(*p);
+        }
+        for (_, (tick, parts)) in idle {
+            match ownership::give_back(
+                &self.shared.db,
+                self.ep.id,
+                &self.shared.relay_name,
+                &parts,
+                Some(&tick),
+            )
+            .await
+            {
+                Ok(()) => {
+                    for p in parts {
+                        tracing::info!(endpoint = %self.ep.cfg.name, partition = p, "partition given back");
+                        self.lose(p);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "giving partitions back failed; will retry")
+                }
             }
         }
     }

@@ -9,8 +9,12 @@
 -- progress is in this tick's list and is read at a later one: it holds back
 -- nothing else (docs/queue.md).
 --
--- Each arm of the OR names the endpoint and both bounds, so each is a range
--- of outbox_endpoint_xid (a BitmapOr). Rows already written back (after a
+-- The two arms of the UNION ALL (disjoint: one is above the previous tick's
+-- xmax, the other below it) each name the endpoint and their xid bounds, so
+-- each is a range or a probe of outbox_endpoint_xid in any plan, the cached
+-- generic one included (written as one OR, the generic plan kept only
+-- endpoint_id as the index condition and filtered the endpoint's whole
+-- history by xid). Rows already written back (after a
 -- take-over: delivered, dead, held, retried) and replayed rows (sent from
 -- webhook.redeliveries) are skipped. `paused` is the endpoint's pause (by
 -- the breaker or by hand), so that every relay stops sending at its next read.
@@ -20,10 +24,19 @@ SELECT s.cur::text AS tick, o.id, o.event_id, o.ordering_key, o.payload, o.ctid,
   LEFT JOIN LATERAL (
         SELECT o.id, o.event_id, o.ordering_key, o.payload::text AS payload, o.ctid::text AS ctid,
                hashtext(coalesce(o.ordering_key, o.event_id)) & $8 AS part
-          FROM webhook.outbox o
-         WHERE ((o.endpoint_id = $1 AND o.xid >= $2::text::xid8 AND o.xid < pg_snapshot_xmax(s.cur))
-                OR (o.endpoint_id = $1 AND o.xid = ANY ($3::text[]::xid8[])))
-           AND pg_visible_in_snapshot(o.xid, s.cur)
+          FROM (SELECT o.id, o.event_id, o.ordering_key, o.payload, o.ctid, o.xid, o.status, o.attempts,
+                       o.replayed_at
+                  FROM webhook.outbox o
+                 WHERE o.endpoint_id = $1
+                   AND o.xid >= $2::text::xid8
+                   AND o.xid < pg_snapshot_xmax(s.cur)
+                UNION ALL
+                SELECT o.id, o.event_id, o.ordering_key, o.payload, o.ctid, o.xid, o.status, o.attempts,
+                       o.replayed_at
+                  FROM webhook.outbox o
+                 WHERE o.endpoint_id = $1
+                   AND o.xid = ANY ($3::text[]::xid8[])) o
+         WHERE pg_visible_in_snapshot(o.xid, s.cur)
            AND o.status = 'pending'
            AND o.attempts = 0
            AND o.replayed_at IS NULL

@@ -2,12 +2,19 @@
 -- page): the same rows, ids only, after $7, at most $6, in id order, for
 -- tick $4. The rows themselves are then read a page at a time by
 -- sql/queue/read_rows.sql, so the tick's index range is walked once, not
--- once per page.
+-- once per page. The two arms as in sql/queue/read.sql.
 SELECT o.id
-  FROM webhook.outbox o
- WHERE ((o.endpoint_id = $1 AND o.xid >= $2::text::xid8 AND o.xid < pg_snapshot_xmax($4::text::pg_snapshot))
-        OR (o.endpoint_id = $1 AND o.xid = ANY ($3::text[]::xid8[])))
-   AND pg_visible_in_snapshot(o.xid, $4::text::pg_snapshot)
+  FROM (SELECT o.id, o.event_id, o.ordering_key, o.xid, o.status, o.attempts, o.replayed_at
+          FROM webhook.outbox o
+         WHERE o.endpoint_id = $1
+           AND o.xid >= $2::text::xid8
+           AND o.xid < pg_snapshot_xmax($4::text::pg_snapshot)
+        UNION ALL
+        SELECT o.id, o.event_id, o.ordering_key, o.xid, o.status, o.attempts, o.replayed_at
+          FROM webhook.outbox o
+         WHERE o.endpoint_id = $1
+           AND o.xid = ANY ($3::text[]::xid8[])) o
+ WHERE pg_visible_in_snapshot(o.xid, $4::text::pg_snapshot)
    AND o.status = 'pending'
    AND o.attempts = 0
    AND o.replayed_at IS NULL

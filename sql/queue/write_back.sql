@@ -58,10 +58,16 @@ WITH r AS (
            outbox_id = excluded.outbox_id,
            next_attempt_at = excluded.next_attempt_at
 ), unheld AS (
+    -- A key whose head settled and whose next event failed in this same
+    -- batch stays held (by that event, through the upsert above): one
+    -- statement must not both delete and update its row.
     DELETE FROM webhook.holds h
      USING updated u
      WHERE u.status <> 'pending' AND u.source = 'held'
        AND h.endpoint_id = u.endpoint_id AND h.ordering_key = u.ordering_key AND h.outbox_id = u.id
+       AND NOT EXISTS (SELECT FROM updated n
+                        WHERE n.status = 'pending' AND NOT n.loose
+                          AND n.endpoint_id = u.endpoint_id AND n.ordering_key = u.ordering_key)
 ), unparked AS (
     DELETE FROM webhook.parked p
      USING updated u

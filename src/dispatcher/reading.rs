@@ -281,6 +281,13 @@ impl Loop {
         let scope_ordered = self.ep.ordered();
         for row in rows {
             let token = Reads::token(read);
+            // A page by ids may still hold rows of a partition given back.
+            if self.giving_back.contains_key(&row.partition)
+                || !self.known.contains_key(&row.partition)
+            {
+                token.settle();
+                continue;
+            }
             let scope = crate::queue::reader::Scope {
                 endpoint: self.ep.id,
                 mask: self.owned.partitions - 1,

@@ -38,16 +38,17 @@ pub struct Completion {
     pub next_attempt_at: Option<SystemTime>,
 }
 
-/// Outbox ids whose outcome is on its way to the database: a look at the
-/// holds, parked events or redeliveries made meanwhile still finds them
-/// there, and must not send them again.
+/// Outcomes on their way to the database, by outbox id and partition: a
+/// look at the holds, parked events or redeliveries made meanwhile still
+/// finds them there and must not send them again, and a partition is only
+/// given back once none of its outcomes is on its way.
 #[derive(Debug, Clone, Default)]
-pub struct Unwritten(Arc<std::sync::Mutex<std::collections::HashSet<i64>>>);
+pub struct Unwritten(Arc<std::sync::Mutex<std::collections::HashMap<i64, i32>>>);
 
 impl Unwritten {
     /// `id`'s outcome is being written; the guard's drop says it is done.
-    pub fn add(&self, id: i64) -> Pending {
-        self.lock().insert(id);
+    pub fn add(&self, id: i64, partition: i32) -> Pending {
+        self.lock().insert(id, partition);
         Pending {
             set: self.clone(),
             id,
@@ -55,11 +56,16 @@ impl Unwritten {
     }
 
     pub fn contains(&self, id: i64) -> bool {
-        self.lock().contains(&id)
+        self.lock().contains_key(&id)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
-        // A set of ids, changed by one insert or remove at a time: a panic
+    /// Whether an outcome of the partition is on its way.
+    pub fn any_in(&self, partition: i32) -> bool {
+        self.lock().values().any(|p| *p == partition)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, i32>> {
+        // A map of ids, changed by one insert or remove at a time: a panic
         // cannot leave it half-changed.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -92,9 +98,8 @@ pub enum Write {
         /// A delivered probe of a paused endpoint.
         probe: bool,
         token: Token,
-        /// For an event that came from a table of its own (held, parked,
-        /// redelivery): dropped once the outcome is written.
-        pending: Option<Pending>,
+        /// Dropped once the outcome is written.
+        pending: Pending,
     },
     /// A probe that failed: only its attempt is recorded.
     ProbeFailed {
