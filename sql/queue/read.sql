@@ -11,8 +11,10 @@
 --
 -- The two arms of the UNION ALL (disjoint: one is above the previous tick's
 -- xmax, the other below it) each name the endpoint and their xid bounds, so
--- each is a range or a probe of outbox_endpoint_xid in any plan, the cached
--- generic one included (written as one OR, the generic plan kept only
+-- each is a range of outbox_endpoint_xid, or one probe of it per
+-- transaction in the list (a lateral join, its OFFSET 0 keeping the planner
+-- from turning it back into a scan of the endpoint), in any plan, the
+-- cached generic one included (written as one OR, the generic plan kept only
 -- endpoint_id as the index condition and filtered the endpoint's whole
 -- history by xid). Rows already written back (after a
 -- take-over: delivered, dead, held, retried) and replayed rows (sent from
@@ -33,14 +35,14 @@ SELECT s.cur::text AS tick, o.id, o.event_id, o.ordering_key, o.payload, o.ctid,
                 UNION ALL
                 SELECT o.id, o.event_id, o.ordering_key, o.payload, o.ctid, o.xid, o.status, o.attempts,
                        o.replayed_at
-                  FROM webhook.outbox o
-                 WHERE o.endpoint_id = $1
-                   AND o.xid = ANY ($3::text[]::xid8[])) o
+                  FROM unnest($3::text[]::xid8[]) AS x(xid)
+                 CROSS JOIN LATERAL (
+                        SELECT o.*, o.ctid FROM webhook.outbox o WHERE o.endpoint_id = $1 AND o.xid = x.xid OFFSET 0) o) o
          WHERE pg_visible_in_snapshot(o.xid, s.cur)
            AND o.status = 'pending'
            AND o.attempts = 0
            AND o.replayed_at IS NULL
-           AND o.id > $7
+           AND o.id + 0 > $7  -- never an index condition: outbox_endpoint_xid is the path
            AND (hashtext(coalesce(o.ordering_key, o.event_id)) & $8) = ANY ($5::int[])
          ORDER BY o.id
          LIMIT $6) o ON true

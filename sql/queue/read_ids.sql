@@ -11,14 +11,14 @@ SELECT o.id
            AND o.xid < pg_snapshot_xmax($4::text::pg_snapshot)
         UNION ALL
         SELECT o.id, o.event_id, o.ordering_key, o.xid, o.status, o.attempts, o.replayed_at
-          FROM webhook.outbox o
-         WHERE o.endpoint_id = $1
-           AND o.xid = ANY ($3::text[]::xid8[])) o
+          FROM unnest($3::text[]::xid8[]) AS x(xid)
+         CROSS JOIN LATERAL (
+                SELECT * FROM webhook.outbox o WHERE o.endpoint_id = $1 AND o.xid = x.xid OFFSET 0) o) o
  WHERE pg_visible_in_snapshot(o.xid, $4::text::pg_snapshot)
    AND o.status = 'pending'
    AND o.attempts = 0
    AND o.replayed_at IS NULL
-   AND o.id > $7
+   AND o.id + 0 > $7  -- never an index condition: outbox_endpoint_xid is the path
    AND (hashtext(coalesce(o.ordering_key, o.event_id)) & $8) = ANY ($5::int[])
  ORDER BY o.id
  LIMIT $6
