@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use crate::delivery::{config, config_text, count_status, start, SECRET};
 use crate::receiver::Receiver;
 use crate::support::{
-    cli, hold, park, redeliver, rows, set_dead, stderr, stdout, wait_for, TestDb, BIN,
+    cli, hold, one_i64, park, redeliver, rows, set_dead, stderr, stdout, wait_for, TestDb, BIN,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -35,10 +35,6 @@ async fn two_endpoints(c: &Client, n: i32) {
     )
     .await
     .unwrap();
-}
-
-async fn one_i64(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 async fn db_error(c: &Client, sql: &str) -> String {

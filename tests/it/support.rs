@@ -199,6 +199,11 @@ impl Drop for TestDb {
         .join();
     }
 }
+/// The one bigint `sql` returns.
+pub async fn one_i64(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 /// The rows of `sql`, each as Postgres prints a row value (`(a,1,t)`, strings
 /// with spaces in quotes, NULL as nothing), in the order of `sql`.
 pub async fn rows(c: &Client, sql: &str) -> Vec<String> {
