@@ -320,9 +320,42 @@ async fn three_relays_one_killed_lose_nothing_and_keep_every_keys_order() {
         out_of_order.is_empty(),
         "keys out of order by first receipt: {out_of_order:?}"
     );
+    // A survivor may send an event twice only when it recorded the first
+    // send as failed: the receiver saw the request, the relay saw no answer
+    // in time (a timeout on a loaded machine), and at-least-once retries it.
+    let survivor_dups: Vec<&str> = dup_ids
+        .iter()
+        .filter(|id| {
+            let first = &log[firsts[**id]];
+            first.relay != KILLED || first.at > killed_at
+        })
+        .copied()
+        .collect();
+    let retried: Vec<String> = c
+        .query(
+            "SELECT DISTINCT o.event_id FROM webhook.outbox o JOIN webhook.attempts a ON a.outbox_id = o.id
+              WHERE o.event_id = ANY ($1) AND a.error IS NOT NULL",
+            &[&survivor_dups],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let unexplained: Vec<&String> = not_killed_first
+        .iter()
+        .zip(&survivor_dups)
+        .filter(|(_, id)| !retried.iter().any(|r| r == *id))
+        .map(|(story, _)| story)
+        .collect();
+    println!(
+        "FIGURES three_relays_retries: survivor_duplicates={} after_a_recorded_failure={}",
+        survivor_dups.len(),
+        retried.len()
+    );
     assert!(
-        not_killed_first.is_empty(),
-        "duplicates whose first send was not the killed relay's: {not_killed_first:?}"
+        unexplained.is_empty(),
+        "duplicates whose first send was not the killed relay's, with no failed attempt recorded: {unexplained:?}"
     );
     assert!(
         recorded.is_empty(),
