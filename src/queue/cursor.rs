@@ -104,16 +104,6 @@ impl Reads {
             .all(|r| r.unsettled.load(Ordering::Acquire) == 0)
     }
 
-    /// The newest read begun, while it is not wholly settled.
-    pub fn newest(&self) -> Option<Arc<Read>> {
-        self.open.back().cloned()
-    }
-
-    /// Whether `read` is settled, with every read before it.
-    pub fn passed(&self, read: &Arc<Read>) -> bool {
-        !self.open.iter().any(|r| Arc::ptr_eq(r, read))
-    }
-
     /// Reads not yet settled.
     pub fn open(&self) -> usize {
         self.open.len()
