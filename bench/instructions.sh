@@ -151,7 +151,7 @@ BEGIN
         EXECUTE '$(flatten sql/queue/write_back.sql)' USING ids, array_fill(1, ARRAY[n]), array_fill('delivered'::text, ARRAY[n]),
             array_fill(now(), ARRAY[n]), array_fill(5, ARRAY[n]), array_fill(200, ARRAY[n]), array_fill(NULL::text, ARRAY[n]),
             array_fill(NULL::text, ARRAY[n]), array_fill(NULL::timestamptz, ARRAY[n]), 'bench', vers, keys,
-            array_fill('log'::text, ARRAY[n]), array_fill(false, ARRAY[n]);
+            array_fill('log'::text, ARRAY[n]), array_fill(false, ARRAY[n]), array_fill(false, ARRAY[n]);
         COMMIT;
         EXECUTE '$(flatten sql/queue/cursor.sql)' USING 1, tick, parts, array_fill(0, ARRAY[16]), 'bench';
         COMMIT;
