@@ -116,8 +116,9 @@ sample() {
 }
 
 # The relay's side: drain a backlog of `count` events with the relay's own
-# statements (sql/queue/read.sql, sql/queue/write_back.sql,
-# sql/queue/cursor.sql), `batch` rows a read and a write-back, each
+# statements (sql/queue/read.sql, sql/queue/write_back_delivered.sql: every
+# outcome is a delivery of an event read from the log, for which the relay
+# uses it instead of the general sql/queue/write_back.sql; sql/queue/cursor.sql), `batch` rows a read and a write-back, each
 # statement committed on its own as the relay's are, every outcome written
 # back as delivered, the cursor moved after each batch. One relay owns the
 # endpoint's 16 partitions. The backlog is written by a run of its own, not
@@ -148,10 +149,10 @@ BEGIN
         n := cardinality(ids);
         EXIT WHEN n = 0;
         x := x + batch;
-        EXECUTE '$(flatten sql/queue/write_back.sql)' USING ids, array_fill(1, ARRAY[n]), array_fill('delivered'::text, ARRAY[n]),
+        EXECUTE '$(flatten sql/queue/write_back_delivered.sql)' USING ids, array_fill(1, ARRAY[n]), array_fill('delivered'::text, ARRAY[n]),
             array_fill(now(), ARRAY[n]), array_fill(5, ARRAY[n]), array_fill(200, ARRAY[n]), array_fill(NULL::text, ARRAY[n]),
-            array_fill(NULL::text, ARRAY[n]), array_fill(NULL::timestamptz, ARRAY[n]), 'bench', vers, keys,
-            array_fill('log'::text, ARRAY[n]), array_fill(false, ARRAY[n]), array_fill(false, ARRAY[n]);
+            array_fill(NULL::text, ARRAY[n]), array_fill(NULL::timestamptz, ARRAY[n]), 'bench', vers,
+            array_fill(false, ARRAY[n]);
         COMMIT;
         EXECUTE '$(flatten sql/queue/cursor.sql)' USING 1, tick, parts, array_fill(0, ARRAY[16]), 'bench';
         COMMIT;

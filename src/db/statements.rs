@@ -35,6 +35,7 @@ pub struct Statements {
     pub take: Stmt,
     pub give_back: Stmt,
     pub write_back: Stmt,
+    pub write_back_delivered: Stmt,
     pub probe_failed: Stmt,
     pub probe_turn: Stmt,
     pub arm: Stmt,
@@ -47,7 +48,7 @@ pub struct Statements {
 }
 
 /// The SQL of [`Statements`], in the order of its fields.
-const NAMED_SQL: [&str; 25] = [
+const NAMED_SQL: [&str; 26] = [
     include_str!("../../sql/queue/read.sql"),
     include_str!("../../sql/queue/read_ids.sql"),
     include_str!("../../sql/queue/read_rows.sql"),
@@ -64,6 +65,7 @@ const NAMED_SQL: [&str; 25] = [
     include_str!("../../sql/queue/take.sql"),
     include_str!("../../sql/queue/give_back.sql"),
     include_str!("../../sql/queue/write_back.sql"),
+    include_str!("../../sql/queue/write_back_delivered.sql"),
     include_str!("../../sql/queue/probe_failed.sql"),
     include_str!("../../sql/queue/probe_turn.sql"),
     include_str!("../../sql/arm.sql"),
@@ -246,6 +248,7 @@ async fn statements(
         take: next(),
         give_back: next(),
         write_back: next(),
+        write_back_delivered: next(),
         probe_failed: next(),
         probe_turn: next(),
         arm: next(),

@@ -239,8 +239,31 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
     if ids.is_empty() {
         return Ok(());
     }
-    let r = conn
-        .execute(
+    // Deliveries of events read from the log touch nothing but the outbox
+    // row and the attempt: the lean statement, without the general one's
+    // look at holds, parks, redeliveries and dead rows.
+    let plain = statuses.iter().all(|s| *s == "delivered") && sources.iter().all(|s| *s == "log");
+    let r = if plain {
+        conn.execute(
+            &conn.st.write_back_delivered,
+            &[
+                &ids,
+                &attempts,
+                &statuses,
+                &started,
+                &ms,
+                &response_statuses,
+                &bodies,
+                &errors,
+                &next_at,
+                &relay_name,
+                &versions,
+                &probe_flags,
+            ],
+        )
+        .await
+    } else {
+        conn.execute(
             &conn.st.write_back,
             &[
                 &ids,
@@ -260,7 +283,8 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
                 &probe_flags,
             ],
         )
-        .await;
+        .await
+    };
     db.report(&r);
     let written = r?;
     if written < ids.len() as u64 {
