@@ -427,6 +427,7 @@ impl Loop {
         if !self.fetches.is_empty() && now >= self.fetch_at {
             let asked = std::mem::take(&mut self.fetches);
             let parts: Vec<i32> = self.known.keys().copied().collect();
+            let on_their_way = self.unwritten.ids();
             let r = async {
                 let conn = self.shared.db.conn().await?;
                 reader::parked_fetch(&conn, &self.scope(&parts), &asked, KEY_CAP as i64).await
@@ -444,7 +445,9 @@ impl Loop {
                     for (key, _) in asked {
                         let mut rows = by_key.remove(&key).unwrap_or_default();
                         // Sent already, its outcome not yet written: past it.
-                        rows.retain(|ev| !self.unwritten.contains(ev.id));
+                        rows.retain(|ev| {
+                            !on_their_way.contains(&ev.id) && !self.unwritten.contains(ev.id)
+                        });
                         let t = self.keys.parked_fetched(&key, rows, KEY_CAP);
                         self.then(t);
                     }
@@ -479,6 +482,7 @@ impl Loop {
         if now >= self.holds_at {
             self.holds_at = now + self.shared.poll_interval;
             let in_flight = self.keys.held_in_flight();
+            let on_their_way = self.unwritten.ids();
             let r = async {
                 let conn = self.shared.db.conn().await?;
                 reader::holds_due(&conn, &self.scope(&parts), &in_flight, DUE_BATCH, false).await
@@ -490,7 +494,7 @@ impl Loop {
                         self.holds_at = now;
                     }
                     for ev in heads {
-                        if !self.unwritten.contains(ev.id) {
+                        if !on_their_way.contains(&ev.id) && !self.unwritten.contains(ev.id) {
                             self.keys.ready_held(ev);
                         }
                     }
@@ -503,6 +507,7 @@ impl Loop {
         if now >= self.redeliveries_at {
             self.redeliveries_at = now + self.shared.poll_interval;
             let in_flight = self.keys.loose_in_flight();
+            let on_their_way = self.unwritten.ids();
             let r = async {
                 let conn = self.shared.db.conn().await?;
                 reader::redeliveries_due(&conn, &self.scope(&parts), &in_flight, DUE_BATCH).await
@@ -514,7 +519,7 @@ impl Loop {
                         self.redeliveries_at = now;
                     }
                     for ev in evs {
-                        if !self.unwritten.contains(ev.id) {
+                        if !on_their_way.contains(&ev.id) && !self.unwritten.contains(ev.id) {
                             self.keys.push_loose(ev);
                         }
                     }
@@ -563,6 +568,7 @@ impl Loop {
                 return;
             }
             let in_flight = self.keys.held_in_flight();
+            let on_their_way = self.unwritten.ids();
             let r = async {
                 let conn = self.shared.db.conn().await?;
                 reader::holds_due(&conn, &self.scope(&parts), &in_flight, 1, true).await
@@ -570,7 +576,9 @@ impl Loop {
             .await;
             if let Ok(heads) = r {
                 for ev in heads {
-                    self.keys.ready_held(ev);
+                    if !on_their_way.contains(&ev.id) && !self.unwritten.contains(ev.id) {
+                        self.keys.ready_held(ev);
+                    }
                 }
             }
         }

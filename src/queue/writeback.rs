@@ -59,6 +59,14 @@ impl Unwritten {
         self.lock().contains_key(&id)
     }
 
+    /// The ids on their way now. A look at the database taken after this
+    /// must skip these as well as those still on their way when it returns:
+    /// its snapshot may predate the commit of an outcome that has since
+    /// left this set.
+    pub fn ids(&self) -> std::collections::HashSet<i64> {
+        self.lock().keys().copied().collect()
+    }
+
     /// Whether an outcome of the partition is on its way.
     pub fn any_in(&self, partition: i32) -> bool {
         self.lock().values().any(|p| *p == partition)
