@@ -145,6 +145,8 @@ struct Loop {
     back: mpsc::UnboundedSender<Sent>,
     /// Outcomes of held heads, parked events and redeliveries not yet written.
     unwritten: Unwritten,
+    /// The last disarm of the wake-up switch, sent without waiting for it.
+    disarming: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The loop for one endpoint; returns once `stop_claiming` is cancelled and
@@ -178,6 +180,7 @@ pub async fn run_endpoint(
         in_flight: 0,
         back,
         unwritten: Unwritten::default(),
+        disarming: None,
     };
     let stop = l.shared.stop_claiming.clone();
     let mut paused = l.ep.breaker.paused();

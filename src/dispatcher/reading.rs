@@ -385,7 +385,7 @@ impl Loop {
 
     /// Arms the switch, then (after that has committed) takes the snapshot of
     /// transactions still in progress.
-    async fn arm(&self) -> anyhow::Result<String> {
+    async fn arm(&mut self) -> anyhow::Result<String> {
         self.arm_only().await?;
         let conn = self.shared.db.conn().await?;
         let r = conn.query_one(&conn.st.snapshot, &[]).await;
@@ -393,7 +393,12 @@ impl Loop {
         Ok(r?.get(0))
     }
 
-    async fn arm_only(&self) -> anyhow::Result<()> {
+    async fn arm_only(&mut self) -> anyhow::Result<()> {
+        // A disarm still on its way must land first, or it would turn off
+        // the switch this loop is about to rely on.
+        if let Some(disarming) = self.disarming.take() {
+            let _ = disarming.await;
+        }
         let conn = self.shared.db.conn().await?;
         let r = conn.execute(&conn.st.arm, &[&self.ep.id]).await;
         self.shared.db.report(&r);
@@ -411,13 +416,17 @@ impl Loop {
 
     /// Disarms the switch without waiting: the read path must not pay a
     /// round trip for it, and a lost disarm only costs writers a NOTIFY.
-    fn disarm(&self) {
+    fn disarm(&mut self) {
         let (shared, id) = (self.shared.clone(), self.ep.id);
-        tokio::spawn(async move {
+        let before = self.disarming.take();
+        self.disarming = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
             if let Ok(conn) = shared.db.conn().await {
                 let r = conn.execute(&conn.st.disarm, &[&id]).await;
                 shared.db.report(&r);
             }
-        });
+        }));
     }
 }
