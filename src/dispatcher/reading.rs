@@ -343,6 +343,7 @@ impl Loop {
         }
         let poll = self.reading.poll_interval;
         let state = std::mem::replace(&mut self.reading.wakeup, Wakeup::Busy);
+        let was_settling = matches!(state, Wakeup::Settling { .. });
         self.reading.wakeup = match state {
             Wakeup::Busy => Wakeup::Lingering(1),
             Wakeup::Lingering(n) if n < LINGER_READS => Wakeup::Lingering(n + 1),
@@ -379,6 +380,9 @@ impl Loop {
         self.reading.read_at = Some(match &self.reading.wakeup {
             Wakeup::Busy | Wakeup::Lingering(_) => now + CAUGHT_UP_PAUSE,
             Wakeup::Settling { delay, .. } => now + *delay,
+            // Settled after this read: the writers it waited for may have
+            // committed since, so read once more before relying on NOTIFY.
+            Wakeup::Armed if was_settling => now,
             Wakeup::Armed => now + poll,
         });
     }
