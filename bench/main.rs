@@ -352,7 +352,8 @@ impl Bench {
         endpoints: &[(&str, &str)],
         cpu: Option<&str>,
     ) -> Result<Proc> {
-        let mut text = String::from("listen = \"127.0.0.1:0\"\n");
+        let listen = free_port()?;
+        let mut text = format!("listen = \"127.0.0.1:{listen}\"\n");
         for (name, path) in endpoints {
             text.push_str(&format!(
                 "[[endpoint]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{port}/{path}\"\n\
@@ -371,7 +372,7 @@ impl Bench {
             "--database-url".into(),
             db_url.to_string(),
         ];
-        Proc::spawn(
+        let mut p = Proc::spawn(
             &self.exe,
             &args,
             cpu,
@@ -380,7 +381,9 @@ impl Bench {
                 &std::env::var("BENCH_LOG")
                     .map_or_else(|_| self.dir.path().join("relay.log"), PathBuf::from),
             ),
-        )
+        )?;
+        p.1 = Some(listen);
+        Ok(p)
     }
 
     /// Pins Postgres (postmaster and every backend it forks) to `cpus`.
@@ -429,8 +432,9 @@ impl Bench {
     }
 }
 
-/// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
-struct Proc(Child);
+/// A child process, stopped with SIGTERM (then SIGKILL) when dropped; a
+/// relay's with the port of its `listen` address.
+struct Proc(Child, Option<u16>);
 
 impl Proc {
     fn spawn(exe: &Path, args: &[String], cpu: Option<&str>, log: Option<&Path>) -> Result<Proc> {
@@ -452,7 +456,20 @@ impl Proc {
             ),
             None => cmd.stderr(Stdio::inherit()),
         };
-        Ok(Proc(cmd.spawn()?))
+        Ok(Proc(cmd.spawn()?, None))
+    }
+
+    /// Waits until the relay answers 200 on `/readyz`: its endpoints are
+    /// synced and it has taken its partitions, so it delivers from now on.
+    async fn ready(&self) -> Result<()> {
+        let port = self.1.context("not a relay")?;
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        wait_until("the relay ready", Duration::from_secs(30), || async {
+            Ok(reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success()))
+        })
+        .await
     }
 
     fn pid(&self) -> u32 {
@@ -779,24 +796,11 @@ async fn drain(b: &Bench, events: i32, keys: i32, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// Waits until a relay has mirrored `n` endpoints into webhook.endpoints.
-async fn wait_synced(c: &Client, n: i64) -> Result<()> {
-    wait_until("the endpoint sync", Duration::from_secs(30), || async {
-        Ok(c.query_one("SELECT count(*) FROM webhook.endpoints", &[])
-            .await?
-            .get::<_, i64>(0)
-            >= n)
-    })
-    .await
-}
-
 /// Starts and stops a relay so that the endpoint exists as endpoint_id 1.
 async fn sync_endpoint(b: &Bench, url: &str, port: u16) -> Result<()> {
-    let c = connect(url).await?;
-    let relay = b.spawn_relay(url, port, &[("bench", "fast")], None)?;
-    wait_synced(&c, 1).await?;
-    drop(relay);
-    Ok(())
+    b.spawn_relay(url, port, &[("bench", "fast")], None)?
+        .ready()
+        .await
 }
 
 async fn latency(b: &Bench, rate: u32, seconds: u64, runs: usize) -> Result<()> {
@@ -806,12 +810,14 @@ async fn latency(b: &Bench, rate: u32, seconds: u64, runs: usize) -> Result<()> 
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
     let mut lone = Vec::new();
+    let mut outbox = Vec::new();
     for run in 1..=runs {
         let url = b.fresh_db("bench_latency").await?;
         let (_rx, port) = b.spawn_receiver(None, 0, true)?;
-        let _relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
+        let relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
         let c = connect(&url).await?;
-        wait_synced(&c, 1).await?;
+        // Timed from a relay that delivers: its start is not the latency.
+        relay.ready().await?;
         let n = (rate as u64 * seconds) as usize;
         let stmt = c
             .prepare("UPDATE buyer_credits SET balance = balance + 1 WHERE buyer_id = $1")
@@ -852,9 +858,32 @@ async fn latency(b: &Bench, rate: u32, seconds: u64, runs: usize) -> Result<()> 
                     .map(|t1| (*t1 as f64 - *t0 as f64) / 1000.0)
             })
             .collect();
+        if let Ok(path) = std::env::var("BENCH_LATENCY_DUMP") {
+            // One line per matched event: microseconds since the first commit, latency in ms.
+            let first = sent.first().map_or(0, |(_, t0)| *t0);
+            let lines: String = sent
+                .iter()
+                .filter_map(|(buyer, t0)| {
+                    receipts.get(buyer).map(|t1| {
+                        format!("{} {:.3}\n", t0 - first, (*t1 as f64 - *t0 as f64) / 1000.0)
+                    })
+                })
+                .collect();
+            std::fs::write(format!("{path}.{run}"), lines)?;
+        }
         lat.sort_by(|a, b| a.total_cmp(b));
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         let commit_p50 = median(commit_us);
+        // The outbox's own view of the same events, as a DBA would ask it.
+        let outbox_p50: f64 = c
+            .query_one(
+                "SELECT (percentile_cont(0.5) WITHIN GROUP (ORDER BY
+                        extract(epoch FROM delivered_at - created_at)) * 1000)::float8
+                   FROM webhook.outbox WHERE status = 'delivered'",
+                &[],
+            )
+            .await?
+            .get(0);
 
         // A lone event on an idle relay, 20 times.
         let mut lone_ms = Vec::new();
@@ -887,7 +916,7 @@ async fn latency(b: &Bench, rate: u32, seconds: u64, runs: usize) -> Result<()> 
         let s = stats(port).await?;
         let ok = s.bad_signatures == 0 && s.requests == s.unique && s.unique == n as u64 + 20;
         println!(
-            "run {run}: {n} events at {achieved:.0}/s (the write statement itself took {commit_p50:.2} ms p50), matched {}: p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms; lone event on an idle relay: median {lone_p50:.2} ms, max {:.2} ms; check: unique={} requests={} bad_signatures={} -> {}",
+            "run {run}: {n} events at {achieved:.0}/s (the write statement itself took {commit_p50:.2} ms p50), matched {}: p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms, outbox delivered_at - created_at p50 {outbox_p50:.2} ms; lone event on an idle relay: median {lone_p50:.2} ms, max {:.2} ms; check: unique={} requests={} bad_signatures={} -> {}",
             lat.len(),
             lat.last().copied().unwrap_or(f64::NAN),
             lone_ms.iter().cloned().fold(0.0, f64::max),
@@ -901,12 +930,14 @@ async fn latency(b: &Bench, rate: u32, seconds: u64, runs: usize) -> Result<()> 
         }
         p50s.push(p50);
         p99s.push(p99);
+        outbox.push(outbox_p50);
         lone.push(lone_p50);
     }
     println!(
-        "RESULT latency: median p50 {:.2} ms (target <= 3), median p99 {:.2} ms (target <= 15), lone event median {:.2} ms (target <= 3)",
+        "RESULT latency: median p50 {:.2} ms (target <= 2), median p99 {:.2} ms (target <= 10), outbox view p50 {:.2} ms (target <= 3), lone event median {:.2} ms (target <= 3)",
         median(p50s),
         median(p99s),
+        median(outbox),
         median(lone)
     );
     Ok(())
@@ -937,7 +968,7 @@ async fn overhead(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result<
     let (_rx, port) = b.spawn_receiver(Some("1"), 0, false)?;
     let spawn_relay = || b.spawn_relay(&url, port, &[("bench", "fast")], Some("1"));
     let mut relay = Some(spawn_relay()?);
-    wait_synced(&c, 1).await?;
+    relay.as_ref().expect("just spawned").ready().await?;
     let (mut off, mut on, mut notify, mut alone, mut bare) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     const RESET: &str = "DROP TRIGGER IF EXISTS bench_notify ON buyer_credits;
@@ -1128,7 +1159,7 @@ async fn isolation(b: &Bench, events: i32, slow_ms: u64, runs: usize) -> Result<
                 &[("fast", "fast")]
             };
             let relay = b.spawn_relay(&url, port, endpoints, None)?;
-            wait_synced(&c, endpoints.len() as i64).await?;
+            relay.ready().await?;
             c.execute(
                 "SELECT webhook.enqueue('add_credits', jsonb_build_object('buyerId', 'b' || g, 'topUpAmount', 1)) FROM generate_series(1, $1) g",
                 &[&events],
@@ -1172,8 +1203,8 @@ async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result
         let url = b.fresh_db("bench_sustained").await?;
         let c = connect(&url).await?;
         let (_rx, port) = b.spawn_receiver(None, 0, false)?;
-        let _relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
-        wait_synced(&c, 1).await?;
+        let relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
+        relay.ready().await?;
         pgss_reset(&c).await?;
         let load_url = url.clone();
         let exe = b.exe.clone();

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub breaker_changes: Family<ChangeLabels, Counter>,
     db_ok: AtomicBool,
     listener_ok: AtomicBool,
+    /// Set once the relay has renewed and taken its share of partitions for
+    /// every endpoint: until then it would read nothing.
+    owning: AtomicBool,
     /// False when the relay runs without a LISTEN connection (behind a
     /// pooler, or the server refused LISTEN): readiness is the database only.
     listener_wanted: AtomicBool,
@@ -140,7 +143,7 @@ impl Metrics {
         let ready = Gauge::default();
         registry.register(
             "ready",
-            "1 while the relay is ready (/readyz): its database and LISTEN connections work",
+            "1 while the relay is ready (/readyz): its database and LISTEN connections work and it has taken its share of partitions",
             ready.clone(),
         );
         let endpoint_paused = Family::<EndpointLabels, Gauge>::default();
@@ -178,6 +181,7 @@ impl Metrics {
             listener_up,
             db_ok: AtomicBool::new(false),
             listener_ok: AtomicBool::new(false),
+            owning: AtomicBool::new(false),
             listener_wanted: AtomicBool::new(true),
         }
     }
@@ -230,9 +234,19 @@ impl Metrics {
         self.ready.set(i64::from(self.ready()));
     }
 
-    /// Ready: the database answers and the listener (if any) is connected.
+    /// The first round of partition ownership is done (see [`Metrics::ready`]).
+    pub fn set_owning(&self) {
+        if !self.owning.swap(true, Ordering::Relaxed) {
+            tracing::info!("partitions taken: the relay is ready");
+        }
+        self.ready.set(i64::from(self.ready()));
+    }
+
+    /// Ready: the database answers, the listener (if any) is connected, and
+    /// the relay has taken its share of partitions once.
     pub fn ready(&self) -> bool {
         self.db_ok.load(Ordering::Relaxed)
+            && self.owning.load(Ordering::Relaxed)
             && (self.listener_ok.load(Ordering::Relaxed)
                 || !self.listener_wanted.load(Ordering::Relaxed))
     }

@@ -100,6 +100,7 @@ pub async fn run(
                 continue;
             }
         };
+        let mut all = true;
         for (i, (id, tx)) in endpoints.iter().enumerate() {
             let owned = &mut state[i];
             let take = !no_more.is_cancelled();
@@ -120,9 +121,13 @@ pub async fn run(
                     });
                 }
                 Err(e) => {
+                    all = false;
                     tracing::warn!(endpoint_id = id, error = %format!("{e:#}"), "renewing partitions failed; will retry");
                 }
             }
+        }
+        if all {
+            metrics.set_owning();
         }
     }
 }

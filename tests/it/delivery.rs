@@ -559,6 +559,34 @@ async fn the_shutdown_deadline_releases_requests_still_in_flight() {
 }
 
 #[tokio::test]
+async fn ready_only_once_the_partitions_are_taken() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::ok().await;
+    let relay = start_one(&db, "crm", &rx.url, "").await;
+    let readyz = format!("http://{}/readyz", relay.http_addr);
+    let http = reqwest::Client::new();
+    // Polled from the start: the first 200 already means a relay that reads.
+    wait_for("ready", WAIT, || async {
+        (http.get(&readyz).send().await.unwrap().status() == 200).then_some(())
+    })
+    .await;
+    let owned: i64 = c
+        .query_one(
+            "SELECT count(*) FROM webhook.partitions p JOIN webhook.endpoints e USING (endpoint_id)
+              WHERE e.name = 'crm' AND p.owner IS NOT NULL AND p.lease_expires_at > now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        owned, 16,
+        "every partition owned when /readyz first answers 200"
+    );
+}
+
+#[tokio::test]
 async fn metrics_and_health_are_served() {
     let db = TestDb::new().await;
     let c = db.client().await;
