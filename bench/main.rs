@@ -874,6 +874,29 @@ async fn latency(b: &Bench, rate: u32, seconds: u64, runs: usize) -> Result<()> 
         lat.sort_by(|a, b| a.total_cmp(b));
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         let commit_p50 = median(commit_us);
+        // Where the time goes: commit to the start of the request (finding
+        // and sending), and the rest (the request itself).
+        let started: std::collections::HashMap<String, i64> = c
+            .query(
+                "SELECT DISTINCT ON (o.ordering_key) o.ordering_key,
+                        (extract(epoch FROM a.started_at) * 1e6)::int8
+                   FROM webhook.outbox o JOIN webhook.attempts a ON a.outbox_id = o.id
+                  WHERE a.attempt = 1 ORDER BY o.ordering_key, o.id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let to_start = median(
+            sent.iter()
+                .filter_map(|(buyer, t0)| {
+                    started
+                        .get(buyer)
+                        .map(|s| (*s - *t0 as i64) as f64 / 1000.0)
+                })
+                .collect(),
+        );
         // The outbox's own view of the same events, as a DBA would ask it.
         let outbox_p50: f64 = c
             .query_one(
@@ -916,7 +939,7 @@ async fn latency(b: &Bench, rate: u32, seconds: u64, runs: usize) -> Result<()> 
         let s = stats(port).await?;
         let ok = s.bad_signatures == 0 && s.requests == s.unique && s.unique == n as u64 + 20;
         println!(
-            "run {run}: {n} events at {achieved:.0}/s (the write statement itself took {commit_p50:.2} ms p50), matched {}: p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms, outbox delivered_at - created_at p50 {outbox_p50:.2} ms; lone event on an idle relay: median {lone_p50:.2} ms, max {:.2} ms; check: unique={} requests={} bad_signatures={} -> {}",
+            "run {run}: {n} events at {achieved:.0}/s (the write statement itself took {commit_p50:.2} ms p50), matched {}: p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms (p50 {to_start:.2} ms of it from commit to the request's start), outbox delivered_at - created_at p50 {outbox_p50:.2} ms; lone event on an idle relay: median {lone_p50:.2} ms, max {:.2} ms; check: unique={} requests={} bad_signatures={} -> {}",
             lat.len(),
             lat.last().copied().unwrap_or(f64::NAN),
             lone_ms.iter().cloned().fold(0.0, f64::max),

@@ -191,13 +191,13 @@ pub async fn run_endpoint(
             l.apply_ownership(o).await;
         }
         l.park_and_fetch().await;
-        if !is_paused {
-            l.poll_due().await;
-        }
+        // New rows first: a wake-up is most often a writer's commit.
         l.read_step(is_paused).await;
         // A read may have found the endpoint paused.
         let is_paused = *paused.borrow_and_update();
         if !is_paused {
+            l.dispatch(false);
+            l.poll_due().await;
             l.dispatch(false);
         }
         l.move_cursor().await;

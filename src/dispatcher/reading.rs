@@ -75,6 +75,8 @@ pub struct Reading {
     jobs: VecDeque<Job>,
     wakeup: Wakeup,
     read_at: Option<Instant>,
+    /// When the last statement of a read began.
+    began: Instant,
     poll_interval: Duration,
     /// The pause after an empty read while events are still being sent.
     busy_pause: Duration,
@@ -92,6 +94,7 @@ impl Reading {
             jobs: VecDeque::new(),
             wakeup: Wakeup::Busy,
             read_at: Some(Instant::now()),
+            began: Instant::now(),
             poll_interval,
             busy_pause: CAUGHT_UP_PAUSE,
             maybe_armed: true,
@@ -208,6 +211,7 @@ impl Loop {
         if job.catch_up && job.cur.is_none() {
             job.cur = self.reading.prev.clone();
         }
+        self.reading.began = Instant::now();
         match self.read_job(&mut job, room.min(PAGE)).await {
             Ok(true) => self.job_done(job).await,
             Ok(false) => self.reading.jobs.push_front(job),
@@ -332,7 +336,9 @@ impl Loop {
             }
             self.reading.wakeup = Wakeup::Busy;
             self.reading.busy_pause = CAUGHT_UP_PAUSE;
-            self.reading.read_at = Some(now + CAUGHT_UP_PAUSE);
+            // Reads that find rows follow each other at this cadence, however
+            // long each took (the timer's resolution is a millisecond).
+            self.reading.read_at = Some(self.reading.began + CAUGHT_UP_PAUSE);
             return;
         }
         if self.keys.in_memory() > 0 && matches!(self.reading.wakeup, Wakeup::Busy) {
