@@ -18,6 +18,11 @@ use clap::{Parser, Subcommand};
 use outbox_relay::throwaway::{Cluster, ClusterOptions};
 use tokio_postgres::{Client, NoTls};
 
+// The relay allocates per event (request, headers, payload copies); glibc's
+// allocator was a quarter of its CPU in the drain profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "bench",
@@ -465,7 +470,9 @@ impl Proc {
         let port = self.1.context("not a relay")?;
         let url = format!("http://127.0.0.1:{port}/readyz");
         wait_until("the relay ready", Duration::from_secs(30), || async {
-            Ok(reqwest::get(&url)
+            Ok(http()
+                .get(&url)
+                .send()
                 .await
                 .is_ok_and(|r| r.status().is_success()))
         })
@@ -474,6 +481,11 @@ impl Proc {
 
     fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// CPU time the process has used so far (user and system), seconds.
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(&format!("/proc/{}/stat", self.pid()))
     }
 
     /// Peak resident memory so far, MB.
@@ -503,6 +515,36 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// utime + stime of a /proc/PID/stat file, seconds (USER_HZ is 100 on Linux).
+fn cpu_secs(path: &str) -> f64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .map_or(f64::NAN, |ticks| ticks / 100.0)
+}
+
+/// Busy CPU time of the whole machine so far (all but idle and iowait), seconds.
+fn machine_busy_secs() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<f64> = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some(f.iter().sum::<f64>() - f.get(3)? - f.get(4)?)
+        })
+        .map_or(f64::NAN, |ticks| ticks / 100.0)
 }
 
 /// BENCH_PGSS=1: load pg_stat_statements and print where Postgres spent its
@@ -550,8 +592,15 @@ async fn pgss_report(c: &Client) -> Result<()> {
     Ok(())
 }
 
+/// One HTTP client for the program's own polling: a new one per request
+/// would load the trust store each time, CPU taken from what is measured.
+fn http() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
 async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T> {
-    let body = reqwest::get(url).await?.bytes().await?;
+    let body = http().get(url).send().await?.bytes().await?;
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -757,17 +806,53 @@ async fn drain(b: &Bench, events: i32, keys: i32, runs: usize) -> Result<()> {
     for run in 1..=runs {
         let url = b.fresh_db("bench_drain").await?;
         let c = connect(&url).await?;
-        let (_rx, port) = b.spawn_receiver(None, 0, false)?;
+        let (rx, port) = b.spawn_receiver(None, 0, false)?;
         // Endpoint 1 must exist before the rows: let a relay sync it, then stop it.
         sync_endpoint(b, &url, port).await?;
         insert_keyed(&c, events, keys, "pending").await?;
         pgss_reset(&c).await?;
+        let (rx_cpu, busy) = (rx.cpu_secs(), machine_busy_secs());
         let start = Instant::now();
         let relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
+        // BENCH_PERF=FILE: a whole-machine profile of the drain alone, in
+        // FILE.RUN; with BENCH_PERF_RELAY=1 the relay's, with its call stacks.
+        let perf = match std::env::var("BENCH_PERF") {
+            Ok(path) => {
+                let (out, pid) = (format!("{path}.{run}"), relay.pid().to_string());
+                let args: Vec<&str> = if std::env::var_os("BENCH_PERF_RELAY").is_some() {
+                    vec![
+                        "record",
+                        "-F",
+                        "499",
+                        "--call-graph",
+                        "dwarf,16384",
+                        "-p",
+                        &pid,
+                    ]
+                } else {
+                    vec!["record", "-F", "999", "-a", "-g"]
+                };
+                let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+                args.extend(["-o".to_string(), out]);
+                Some(Proc::spawn(Path::new("perf"), &args, None, None)?)
+            }
+            Err(_) => None,
+        };
         wait_delivered(&c, port, events as u64, "the drain").await?;
         let secs = start.elapsed().as_secs_f64();
+        drop(perf);
         let rate = events as f64 / secs;
         let peak = relay.peak_rss_mb();
+        // What the two cores did meanwhile: the relay, the receiver, and the
+        // rest (Postgres, and this program's polling).
+        let relay_cpu = relay.cpu_secs();
+        let rx_cpu = rx.cpu_secs() - rx_cpu;
+        let busy = machine_busy_secs() - busy;
+        let cpu = format!(
+            "CPU s: relay {relay_cpu:.2}, receiver {rx_cpu:.2}, rest {:.2}, idle {:.2}",
+            busy - relay_cpu - rx_cpu,
+            std::thread::available_parallelism().map_or(1, |n| n.get()) as f64 * secs - busy
+        );
         drop(relay);
         pgss_report(&c).await?;
         let line = check(&c, port, events as u64).await?;
@@ -784,7 +869,7 @@ async fn drain(b: &Bench, events: i32, keys: i32, runs: usize) -> Result<()> {
         if out_of_order > 0 {
             bail!("{out_of_order} events delivered before an earlier event of their key");
         }
-        println!("run {run}: {events} in {secs:.2}s = {rate:.0} deliveries/s, relay peak RSS {peak:.1} MB; {line}; in key order");
+        println!("run {run}: {events} in {secs:.2}s = {rate:.0} deliveries/s, relay peak RSS {peak:.1} MB; {cpu}; {line}; in key order");
         rates.push(rate);
         rss.push(peak);
     }

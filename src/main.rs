@@ -14,6 +14,11 @@ use outbox_relay::config::{self, Config, ConfigError, Secret};
 use outbox_relay::replay::Selection;
 use outbox_relay::{db, demo, migrate, pause, receiver, relay, replay, sign, status};
 
+// The relay allocates per event (request, headers, payload copies); glibc's
+// allocator was a quarter of its CPU in the drain profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "outbox-relay",
