@@ -263,6 +263,7 @@ impl Bench {
                 "pg_stat_statements".into(),
             ));
             settings.push(("pg_stat_statements.track".into(), "all".into()));
+            settings.push(("pg_stat_statements.track_planning".into(), "on".into()));
             println!("# BENCH_PGSS: pg_stat_statements on (profiling run, figures not comparable)");
         }
         let cluster = Cluster::start(ClusterOptions {
@@ -567,7 +568,7 @@ async fn pgss_report(c: &Client) -> Result<()> {
     }
     let rows = c
         .query(
-            "SELECT round(total_exec_time)::bigint, calls, rows,
+            "SELECT round(total_exec_time)::bigint, calls, plans, round(total_plan_time)::bigint, rows,
                     round((total_exec_time / greatest(calls, 1) * 1000)::numeric)::bigint,
                     shared_blks_hit + shared_blks_read,
                     left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
@@ -577,16 +578,18 @@ async fn pgss_report(c: &Client) -> Result<()> {
             &[],
         )
         .await?;
-    println!("  pg_stat_statements: total_ms calls rows mean_us blocks query");
+    println!("  pg_stat_statements: total_ms calls plans plan_ms rows mean_us blocks query");
     for r in rows {
         println!(
-            "  {:>8} {:>8} {:>8} {:>7} {:>9} {}",
+            "  {:>8} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9} {}",
             r.get::<_, i64>(0),
             r.get::<_, i64>(1),
             r.get::<_, i64>(2),
             r.get::<_, i64>(3),
             r.get::<_, i64>(4),
-            r.get::<_, String>(5)
+            r.get::<_, i64>(5),
+            r.get::<_, i64>(6),
+            r.get::<_, String>(7)
         );
     }
     Ok(())
@@ -1217,6 +1220,26 @@ async fn backlog(
         let (_rx2, port) = b.spawn_receiver(None, 0, false)?;
         sync_endpoint(b, &url, port).await?;
         insert_pending(&c, history, "delivered").await?;
+        // History is what a relay delivered before: below its cursor. A relay
+        // reads past it (finding nothing to send) and stops.
+        let relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
+        relay.ready().await?;
+        wait_until(
+            "the cursor past the history",
+            Duration::from_secs(300),
+            || async {
+                Ok(c.query_one(
+                "SELECT bool_and(pg_snapshot_xmin(p.tick) > (SELECT max(xid) FROM webhook.outbox))
+                   FROM webhook.partitions p",
+                &[],
+            )
+            .await?
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(false))
+            },
+        )
+        .await?;
+        drop(relay);
         insert_pending(&c, pending, "pending").await?;
         pgss_reset(&c).await?;
         let start = Instant::now();
