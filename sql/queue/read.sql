@@ -20,12 +20,15 @@
 -- take-over: delivered, dead, held, retried) and replayed rows (sent from
 -- webhook.redeliveries) are skipped. `paused` is the endpoint's pause (by
 -- the breaker or by hand), so that every relay stops sending at its next read.
-SELECT s.cur::text AS tick, o.id, o.event_id, o.ordering_key, o.payload, o.ctid, o.part, s.paused
+-- The payload and ctid are turned into text, and the partition computed,
+-- after the LIMIT: a tick of a million rows otherwise paid for each of them
+-- (2.2 s for a page of 500 where 0.95 s is the scan and sort).
+SELECT s.cur::text AS tick, o.id, o.event_id, o.ordering_key, o.payload::text AS payload, o.ctid::text AS ctid,
+       hashtext(coalesce(o.ordering_key, o.event_id)) & $8 AS part, s.paused
   FROM (SELECT coalesce($4::text::pg_snapshot, pg_current_snapshot()) AS cur,
                (SELECT e.paused_at IS NOT NULL FROM webhook.endpoints e WHERE e.endpoint_id = $1) AS paused) s
   LEFT JOIN LATERAL (
-        SELECT o.id, o.event_id, o.ordering_key, o.payload::text AS payload, o.ctid::text AS ctid,
-               hashtext(coalesce(o.ordering_key, o.event_id)) & $8 AS part
+        SELECT o.id, o.event_id, o.ordering_key, o.payload, o.ctid
           FROM (SELECT o.id, o.event_id, o.ordering_key, o.payload, o.ctid, o.xid, o.status, o.attempts,
                        o.replayed_at
                   FROM webhook.outbox o

@@ -184,8 +184,8 @@ pub async fn read_ids(
     after: i64,
     limit: i64,
 ) -> Result<Vec<i64>> {
-    let rows = conn
-        .query(
+    let row = conn
+        .query_one(
             &conn.st.read_ids,
             &[
                 &scope.endpoint,
@@ -200,7 +200,12 @@ pub async fn read_ids(
         )
         .await
         .context("reading a big tick's ids")?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let mut ids: Vec<i64> = row.get::<_, Option<Vec<i64>>>(0).unwrap_or_default();
+    // In id order already, as the subquery sorted them; an aggregate's
+    // input order is not promised, so this makes sure (a sorted run is
+    // checked in one pass).
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// A page of a big tick's rows, by id.
