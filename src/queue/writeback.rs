@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 /// Most outcomes written by one statement.
 pub const MAX_BATCH: usize = 1000;
 /// A batch smaller than this waits up to GATHER_WAIT for more outcomes.
-const GATHER_ENOUGH: usize = 64;
-const GATHER_WAIT: Duration = Duration::from_millis(2);
+const GATHER_ENOUGH: usize = 200;
+const GATHER_WAIT: Duration = Duration::from_millis(10);
 
 /// The outcome of one attempt.
 #[derive(Debug)]
@@ -251,47 +251,28 @@ async fn write(db: &Db, batch: &[Write], relay_name: &str) -> anyhow::Result<()>
     // row and the attempt: the lean statement, without the general one's
     // look at holds, parks, redeliveries and dead rows.
     let plain = statuses.iter().all(|s| *s == "delivered") && sources.iter().all(|s| *s == "log");
+    // $1-$11 are the same in both statements.
+    let shared: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &ids,
+        &attempts,
+        &statuses,
+        &started,
+        &ms,
+        &response_statuses,
+        &bodies,
+        &errors,
+        &next_at,
+        &relay_name,
+        &versions,
+    ];
     let r = if plain {
-        conn.execute(
-            &conn.st.write_back_delivered,
-            &[
-                &ids,
-                &attempts,
-                &statuses,
-                &started,
-                &ms,
-                &response_statuses,
-                &bodies,
-                &errors,
-                &next_at,
-                &relay_name,
-                &versions,
-                &probe_flags,
-            ],
-        )
-        .await
+        let params: Vec<_> = shared.iter().copied().chain([&probe_flags as _]).collect();
+        conn.execute(&conn.st.write_back_delivered, &params).await
     } else {
-        conn.execute(
-            &conn.st.write_back,
-            &[
-                &ids,
-                &attempts,
-                &statuses,
-                &started,
-                &ms,
-                &response_statuses,
-                &bodies,
-                &errors,
-                &next_at,
-                &relay_name,
-                &versions,
-                &keys,
-                &sources,
-                &loose_flags,
-                &probe_flags,
-            ],
-        )
-        .await
+        let rest: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&keys, &sources, &loose_flags, &probe_flags];
+        let params: Vec<_> = shared.iter().copied().chain(rest).collect();
+        conn.execute(&conn.st.write_back, &params).await
     };
     db.report(&r);
     let written = r?;

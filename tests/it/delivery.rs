@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use crate::receiver::{signature_is_valid, Receiver, Reply};
-use crate::support::{wait_for, TestDb};
+use crate::support::{sql, wait_for, TestDb};
 
 pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const ALL_EVENTS: &str = r#"["user_credits_zero", "post_code_change", "add_credits"]"#;
@@ -90,16 +90,13 @@ async fn app_writes_arrive_signed_with_the_exact_bodies() {
     )
     .await
     .unwrap();
-    c.batch_execute("INSERT INTO buyer_credits VALUES ('0000', 100)")
-        .await
-        .unwrap();
-    c.batch_execute("UPDATE buyer_credits SET balance = 0 WHERE buyer_id = '0000'")
-        .await
-        .unwrap();
-    wait_for("three webhooks", WAIT, || async {
-        (rx.count() >= 3).then_some(())
-    })
+    sql(&c, "INSERT INTO buyer_credits VALUES ('0000', 100)").await;
+    sql(
+        &c,
+        "UPDATE buyer_credits SET balance = 0 WHERE buyer_id = '0000'",
+    )
     .await;
+    rx.wait_count(3, "three webhooks", WAIT).await;
 
     let mut bodies: Vec<serde_json::Value> = rx.requests().iter().map(|r| r.json()).collect();
     bodies.sort_by_key(|b| b["eventCode"].as_str().unwrap().to_string());
@@ -314,13 +311,12 @@ async fn a_rolled_back_transaction_sends_nothing() {
     .unwrap();
     // A committed marker afterwards: once it arrives, anything from the
     // rolled-back transaction would have arrived before it.
-    c.batch_execute("SELECT webhook.enqueue('add_credits', '{\"marker\": true}')")
-        .await
-        .unwrap();
-    wait_for("the marker", WAIT, || async {
-        (rx.count() >= 1).then_some(())
-    })
+    sql(
+        &c,
+        "SELECT webhook.enqueue('add_credits', '{\"marker\": true}')",
+    )
     .await;
+    rx.wait_count(1, "the marker", WAIT).await;
     relay.shutdown().await;
     let bodies: Vec<serde_json::Value> = rx.requests().iter().map(|r| r.json()).collect();
     assert_eq!(bodies, [json!({"marker": true})]);
@@ -394,10 +390,8 @@ async fn a_slow_endpoint_does_not_slow_another() {
     enqueue(&c, 200).await;
     // All 200 reach the fast endpoint while the slow one has not answered a
     // single request yet (its first answer comes 5 s after its first request).
-    wait_for("fast endpoint done", Duration::from_secs(60), || async {
-        (fast.count() >= 200).then_some(())
-    })
-    .await;
+    fast.wait_count(200, "fast endpoint done", Duration::from_secs(60))
+        .await;
     let slow_delivered: i64 = c
         .query_one(
             "SELECT count(*) FROM webhook.outbox JOIN webhook.endpoints USING (endpoint_id)
@@ -426,10 +420,7 @@ async fn rate_limit_spaces_requests() {
     let rx = Receiver::ok().await;
     let relay = start_one(&db, "limited", &rx.url, "rate_limit = 20.0\nburst = 1").await;
     enqueue(&c, 21).await;
-    wait_for("all delivered", WAIT, || async {
-        (rx.count() >= 21).then_some(())
-    })
-    .await;
+    rx.wait_count(21, "all delivered", WAIT).await;
     let reqs = rx.requests();
     let span = reqs.last().unwrap().at - reqs[0].at;
     // 20 gaps of 50 ms each at 20 requests per second.
@@ -504,10 +495,7 @@ async fn graceful_shutdown_finishes_in_flight_and_releases_waiting_rows() {
     )
     .await;
     enqueue(&c, 10).await;
-    wait_for("requests in flight", WAIT, || async {
-        (rx.count() >= 2).then_some(())
-    })
-    .await;
+    rx.wait_count(2, "requests in flight", WAIT).await;
     relay.shutdown().await;
     // The requests in flight finished and were recorded; nothing is left claimed.
     assert!(count_status(&c, "delivered").await >= 2);
@@ -542,10 +530,7 @@ async fn the_shutdown_deadline_releases_requests_still_in_flight() {
     )
     .await;
     enqueue(&c, 3).await;
-    wait_for("requests in flight", WAIT, || async {
-        (rx.count() >= 3).then_some(())
-    })
-    .await;
+    rx.wait_count(3, "requests in flight", WAIT).await;
     tokio::time::timeout(Duration::from_secs(15), relay.shutdown())
         .await
         .expect("shutdown within its deadline");

@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use crate::delivery::{config, config_text, count_status, start, SECRET};
 use crate::receiver::Receiver;
 use crate::support::{
-    cli, hold, one_i64, park, redeliver, rows, set_dead, stderr, stdout, wait_for, TestDb, BIN,
+    cli, hold, one_i64, park, redeliver, rows, set_dead, sql, stderr, stdout, wait_for, TestDb, BIN,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -1095,9 +1095,7 @@ async fn run_refuses_a_schema_older_than_the_binary_with_advice() {
     let path = path.to_str().unwrap().to_string();
 
     // Only V1 applied (as a database migrated by an older binary).
-    c.batch_execute("DELETE FROM webhook.schema_history WHERE version > 1")
-        .await
-        .unwrap();
+    sql(&c, "DELETE FROM webhook.schema_history WHERE version > 1").await;
     let out = cli(&["run", "--config", &path, "--database-url", &db.url], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
@@ -1110,9 +1108,7 @@ async fn run_refuses_a_schema_older_than_the_binary_with_advice() {
     );
 
     // No webhook schema at all.
-    c.batch_execute("DROP SCHEMA webhook CASCADE")
-        .await
-        .unwrap();
+    sql(&c, "DROP SCHEMA webhook CASCADE").await;
     let out = cli(&["run", "--config", &path, "--database-url", &db.url], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(

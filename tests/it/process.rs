@@ -204,10 +204,7 @@ async fn a_killed_relay_has_its_events_resent_after_the_lease_with_the_same_id()
     let mut first = RelayProcess::spawn(&db.url, &text);
     wait_synced(&c).await;
     enqueue(&c, 5).await;
-    wait_for("5 requests in flight", WAIT, || async {
-        (rx.count() >= 5).then_some(())
-    })
-    .await;
+    rx.wait_count(5, "5 requests in flight", WAIT).await;
     first.kill9();
     // Its partitions stay its own until their lease ends; its events stay
     // pending, unattempted as far as the database knows.
@@ -286,10 +283,7 @@ async fn the_relay_survives_a_database_restart_mid_drain() {
 
     let c = connect(&url).await;
     enqueue(&c, 1000).await;
-    wait_for("the drain under way", WAIT, || async {
-        (rx.count() >= 100).then_some(())
-    })
-    .await;
+    rx.wait_count(100, "the drain under way", WAIT).await;
     drop(c);
     let cl = cluster.clone();
     tokio::task::spawn_blocking(move || cl.lock().unwrap().stop_server().unwrap())

@@ -139,6 +139,14 @@ impl Receiver {
         self.inner.requests.lock().unwrap().len()
     }
 
+    /// Waits (up to `timeout`) until at least `n` requests have come.
+    pub async fn wait_count(&self, n: usize, what: &str, timeout: Duration) {
+        crate::support::wait_for(what, timeout, || async {
+            (self.count() >= n).then_some(())
+        })
+        .await
+    }
+
     /// Distinct webhook-ids received.
     pub fn unique_ids(&self) -> usize {
         self.inner.seen.lock().unwrap().len()

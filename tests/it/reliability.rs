@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::delivery::{config_text, count_status, wait_status, SECRET};
 use crate::process::{wait_synced, RelayProcess};
 use crate::receiver::{signature_is_valid, Receiver, Reply};
-use crate::support::{wait_for, TestDb};
+use crate::support::{sql, wait_for, TestDb};
 
 fn long() -> bool {
     std::env::var("OUTBOX_RELIABILITY_LONG").is_ok_and(|v| v == "1")
@@ -428,19 +428,15 @@ async fn odd_payloads_arrive_byte_for_byte() {
     c.execute("INSERT INTO buyers VALUES ('odd', $1, 0)", &[&name])
         .await
         .unwrap();
-    c.batch_execute("INSERT INTO buyer_credits VALUES ('odd', 12.34)")
-        .await
-        .unwrap();
+    sql(&c, "INSERT INTO buyer_credits VALUES ('odd', 12.34)").await;
     // A 1 MB payload through the generic entry point.
     c.batch_execute(
         "SELECT webhook.enqueue('add_credits', jsonb_build_object('blob', repeat('é', 524288)))",
     )
     .await
     .unwrap();
-    wait_for("both delivered", Duration::from_secs(30), || async {
-        (rx.count() >= 2).then_some(())
-    })
-    .await;
+    rx.wait_count(2, "both delivered", Duration::from_secs(30))
+        .await;
     relay.shutdown().await;
     let reqs = rx.requests();
     let credits = reqs

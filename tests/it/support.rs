@@ -200,6 +200,13 @@ impl Drop for TestDb {
     }
 }
 /// The one bigint `sql` returns.
+/// Runs `text` (one or more statements), failing the test on an error.
+pub async fn sql(c: &Client, text: &str) {
+    c.batch_execute(text)
+        .await
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+}
+
 pub async fn one_i64(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.unwrap().get(0)
 }
