@@ -172,6 +172,8 @@ fn main() -> Result<()> {
         } => {
             let commits = rt.block_on(load(&url, clients, Duration::from_secs(seconds), buyers))?;
             println!("{commits}");
+            // Its own CPU, for the sustained scenario's account of the cores.
+            eprintln!("cpu_secs={}", cpu_secs("/proc/self/stat"));
             Ok(())
         }
         scenario => {
@@ -529,6 +531,27 @@ fn cpu_secs(path: &str) -> f64 {
             Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
         })
         .map_or(f64::NAN, |ticks| ticks / 100.0)
+}
+
+/// The relay's database sessions (its application_name).
+async fn relay_backend_pids(c: &Client) -> Result<Vec<i32>> {
+    Ok(c
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'outbox-relay'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// CPU time of these Postgres backends so far, seconds.
+fn backends_cpu_secs(pids: &[i32]) -> f64 {
+    pids.iter()
+        .map(|p| cpu_secs(&format!("/proc/{p}/stat")))
+        .filter(|s| s.is_finite())
+        .sum()
 }
 
 /// Busy CPU time of the whole machine so far (all but idle and iowait), seconds.
@@ -1337,10 +1360,17 @@ async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result
     for run in 1..=runs {
         let url = b.fresh_db("bench_sustained").await?;
         let c = connect(&url).await?;
-        let (_rx, port) = b.spawn_receiver(None, 0, false)?;
+        let (rx, port) = b.spawn_receiver(None, 0, false)?;
         let relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
         relay.ready().await?;
         pgss_reset(&c).await?;
+        let relay_backends = relay_backend_pids(&c).await?;
+        let cpu0 = (
+            relay.cpu_secs(),
+            rx.cpu_secs(),
+            backends_cpu_secs(&relay_backends),
+            machine_busy_secs(),
+        );
         let load_url = url.clone();
         let exe = b.exe.clone();
         let load = tokio::task::spawn_blocking(move || {
@@ -1375,6 +1405,27 @@ async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result
             .unwrap_or(0);
         let load_secs = start.elapsed().as_secs_f64();
         let at_end = stats(port).await?.unique;
+        // Where the two cores went during the load, per event delivered.
+        let load_cpu: f64 = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("cpu_secs="))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN);
+        let relay_cpu = relay.cpu_secs() - cpu0.0;
+        let rx_cpu = rx.cpu_secs() - cpu0.1;
+        let relay_pg = backends_cpu_secs(&relay_backends) - cpu0.2;
+        let busy = machine_busy_secs() - cpu0.3;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let per = |s: f64| s / at_end.max(1) as f64 * 1e6;
+        let cpu = format!(
+            "CPU µs per event: writers' Postgres and the rest {:.0}, load generator {:.0}, relay {:.0}, relay's Postgres {:.0}, receiver {:.0}, idle {:.0}",
+            per(busy - load_cpu - relay_cpu - relay_pg - rx_cpu),
+            per(load_cpu),
+            per(relay_cpu),
+            per(relay_pg),
+            per(rx_cpu),
+            per(cores * load_secs - busy)
+        );
         wait_until("the rest delivered", Duration::from_secs(300), || async {
             drained(&c).await
         })
@@ -1392,6 +1443,7 @@ async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result
             p_end - d_end,
             backlog.iter().max().unwrap_or(&0)
         );
+        println!("  {cpu}");
         rates.push(rate);
     }
     println!(

@@ -21,7 +21,9 @@ const PAGE: i64 = 500;
 /// sort of the whole tick (0.7 s of the database for a million rows, 0.58 s
 /// for a page of 100,000), so pages are large.
 const IDS_PAGE: i64 = 1_000_000;
-/// Most events in memory (waiting or in flight) before reading stops.
+/// Most events in memory (waiting or in flight): reading waits until a
+/// whole page fits, so a full budget is topped up a page at a time rather
+/// than by a statement for every few events sent.
 pub const BUDGET: usize = 10_000;
 /// Pause after a read that found fewer rows than a page: the loop has caught
 /// up with the writers, and reading again at once would mostly fetch one row
@@ -165,7 +167,7 @@ impl Reading {
 
     /// When the next read is due, given the events in memory.
     pub fn next_read(&self, in_memory: usize) -> Option<Instant> {
-        if in_memory >= BUDGET {
+        if in_memory + PAGE as usize > BUDGET {
             return None;
         }
         if !self.jobs.is_empty() {
@@ -179,7 +181,7 @@ impl Loop {
     /// One statement's worth of reading, when one is due.
     pub(super) async fn read_step(&mut self, _paused: bool) {
         let room = BUDGET.saturating_sub(self.keys.in_memory()) as i64;
-        if room == 0 {
+        if room < PAGE {
             return;
         }
         if self.reading.jobs.is_empty() {
