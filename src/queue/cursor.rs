@@ -80,6 +80,13 @@ impl Reads {
         read.sealed.store(true, Ordering::Release);
     }
 
+    /// The read stops before it has read everything (shutdown): the cursor
+    /// stays before it, whatever becomes of the events it did read.
+    pub fn abandon(read: &Arc<Read>) {
+        read.lost.store(true, Ordering::Release);
+        read.sealed.store(true, Ordering::Release);
+    }
+
     /// The newest tick up to which every read is settled, if it moved.
     pub fn advance(&mut self) -> Option<Tick> {
         let mut moved = None;
@@ -146,5 +153,15 @@ mod tests {
         drop(Reads::token(&b));
         Reads::seal(&b);
         assert_eq!(reads.advance(), None);
+    }
+
+    #[test]
+    fn an_abandoned_read_holds_the_cursor_though_its_events_settled() {
+        let mut reads = Reads::default();
+        let a = reads.begin(tick(1));
+        Reads::token(&a).settle();
+        Reads::abandon(&a);
+        assert_eq!(reads.advance(), None);
+        assert!(reads.settled_or_stuck());
     }
 }
