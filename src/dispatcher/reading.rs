@@ -187,9 +187,10 @@ impl Reading {
 
     pub fn catching_up(&self, p: i32) -> bool {
         self.jobs.iter().any(|j| j.catch_up && j.parts.contains(&p))
-            || self.out.as_ref().is_some_and(|o| {
-                o.catch_up && o.parts.contains(&p) && !o.stopped.contains(&p)
-            })
+            || self
+                .out
+                .as_ref()
+                .is_some_and(|o| o.catch_up && o.parts.contains(&p) && !o.stopped.contains(&p))
     }
 
     /// Shutdown: reads in progress stop where they are, unfinished, so the
@@ -247,7 +248,14 @@ impl Reading {
 /// Runs the job's next statement (for the first of a catch-up, the tick and
 /// the ids: two); each brings rows, or learns the ids of rows, but not both,
 /// so that a failure loses nothing already found.
-async fn fetch(db: Arc<Db>, endpoint: i32, mask: i32, ordered: bool, mut job: Job, limit: i64) -> Fetch {
+async fn fetch(
+    db: Arc<Db>,
+    endpoint: i32,
+    mask: i32,
+    ordered: bool,
+    mut job: Job,
+    limit: i64,
+) -> Fetch {
     let got = fetch_step(&db, endpoint, mask, ordered, &mut job, limit).await;
     Fetch { job, got }
 }
@@ -278,7 +286,8 @@ async fn fetch_step(
         if ids.is_empty() {
             // The next page of a big tick's ids.
             let cur = job.cur.clone().expect("a big tick has its tick");
-            let next = reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
+            let next =
+                reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
             *more = next.len() as i64 == IDS_PAGE;
             if let Some(last) = next.last() {
                 job.after = *last;
