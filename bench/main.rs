@@ -94,6 +94,10 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also run the writers with no relay at all (their rows pile up
+        /// undelivered): the most the writers reach on this machine.
+        #[arg(long)]
+        ceiling: bool,
     },
     /// Bulk changes: one statement changing many buyers, with and without the triggers.
     Bulk {
@@ -210,7 +214,8 @@ fn main() -> Result<()> {
                         clients,
                         seconds,
                         runs,
-                    } => sustained(&bench, clients, seconds, runs).await,
+                        ceiling,
+                    } => sustained(&bench, clients, seconds, runs, ceiling).await,
                     Cmd::Bulk { sizes, runs } => bulk::bulk(&bench, &sizes, runs).await,
                     _ => unreachable!("helper commands are handled above"),
                 }
@@ -1380,10 +1385,38 @@ async fn isolation(b: &Bench, events: i32, slow_ms: u64, runs: usize) -> Result<
     Ok(())
 }
 
-async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result<()> {
+async fn sustained(
+    b: &Bench,
+    clients: u32,
+    seconds: u64,
+    runs: usize,
+    ceiling: bool,
+) -> Result<()> {
     println!("## g. sustained: {clients} clients writing top-ups through the triggers as fast as they can for {seconds}s, relay delivering, all sharing both cores");
-    let mut rates = Vec::new();
+    let (mut rates, mut alone) = (Vec::new(), Vec::new());
     for run in 1..=runs {
+        if ceiling {
+            // The same writers with no relay running: their events are
+            // written (the endpoint exists, its switch off as a busy relay
+            // leaves it) and nothing is delivered.
+            let url = b.fresh_db("bench_sustained").await?;
+            let c = connect(&url).await?;
+            let (_rx, port) = b.spawn_receiver(None, 0, false)?;
+            sync_endpoint(b, &url, port).await?;
+            c.batch_execute("UPDATE webhook.endpoints SET armed = false")
+                .await?;
+            let commits = b.load(&url, clients, seconds, None)?;
+            let written: i64 = c
+                .query_one("SELECT count(*) FROM webhook.outbox", &[])
+                .await?
+                .get(0);
+            if written as u64 != commits {
+                bail!("{commits} top-ups committed, {written} events written");
+            }
+            let rate = commits as f64 / seconds as f64;
+            println!("run {run}: the writers alone, no relay: committed {commits} ({rate:.0}/s)");
+            alone.push(rate);
+        }
         let url = b.fresh_db("bench_sustained").await?;
         let c = connect(&url).await?;
         let (rx, port) = b.spawn_receiver(None, 0, false)?;
@@ -1476,6 +1509,12 @@ async fn sustained(b: &Bench, clients: u32, seconds: u64, runs: usize) -> Result
         "RESULT sustained: median {:.0} events/s from commit to receipt (target >= 5500)",
         median(rates)
     );
+    if ceiling {
+        println!(
+            "RESULT sustained, the writers alone with no relay: median {:.0} commits/s",
+            median(alone)
+        );
+    }
     Ok(())
 }
 
