@@ -230,7 +230,9 @@ pub async fn run_endpoint(
             _ = stop.cancelled() => break,
         }
     }
-    l.shut_down(&mut sent_rx).await;
+    // Partitions taken while shutdown began may not have reached the loop.
+    let latest = owned.borrow().clone();
+    l.shut_down(&mut sent_rx, &latest).await;
 }
 
 impl Loop {
@@ -780,7 +782,7 @@ impl Loop {
     /// finishes (or is abandoned at the deadline) and is written back; the
     /// cursor is written and the partitions go back, so another relay takes
     /// them at once.
-    async fn shut_down(&mut self, sent_rx: &mut mpsc::UnboundedReceiver<Sent>) {
+    async fn shut_down(&mut self, sent_rx: &mut mpsc::UnboundedReceiver<Sent>, latest: &Owned) {
         while self.in_flight > 0 {
             match sent_rx.recv().await {
                 Some(sent) => self.handle(sent).await,
@@ -815,6 +817,28 @@ impl Loop {
                 &self.shared.relay_name,
                 &parts,
                 tick.as_ref(),
+            )
+            .await
+            {
+                tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "giving partitions back at shutdown failed; their leases expire");
+            }
+        }
+        // Taken by the ownership task but never read here (the stop came
+        // first): back with their cursors as they were, or the next relay
+        // would wait a whole lease for them.
+        let unseen: Vec<i32> = latest
+            .parts
+            .keys()
+            .copied()
+            .filter(|p| !parts.contains(p))
+            .collect();
+        if !unseen.is_empty() {
+            if let Err(e) = ownership::give_back(
+                &self.shared.db,
+                self.ep.id,
+                &self.shared.relay_name,
+                &unseen,
+                None,
             )
             .await
             {

@@ -77,6 +77,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut taken = 0u64;
+    let mut late: Vec<Vec<i32>> = endpoints.iter().map(|_| Vec::new()).collect();
     let mut state: Vec<Owned> = endpoints.iter().map(|_| Owned::default()).collect();
     let mut made = vec![false; endpoints.len()];
     let mut timer = tokio::time::interval(renew_every(lease));
@@ -85,6 +86,13 @@ pub async fn run(
         tokio::select! {
             _ = timer.tick() => {}
             _ = stop.cancelled() => {
+                // Taken by a round that began before shutdown and ended
+                // after it: the loops may have stopped before seeing them.
+                for (i, (id, _)) in endpoints.iter().enumerate() {
+                    if !late[i].is_empty() {
+                        let _ = give_back(&db, *id, &relay, &late[i], None).await;
+                    }
+                }
                 gone(&db, &relay).await;
                 return;
             }
@@ -103,9 +111,18 @@ pub async fn run(
         let mut all = true;
         for (i, (id, tx)) in endpoints.iter().enumerate() {
             let owned = &mut state[i];
-            let take = !no_more.is_cancelled();
             match cycle(
-                &db, *id, &relay, lease, relays, !made[i], take, owned, &mut taken, &metrics,
+                &db,
+                *id,
+                &relay,
+                lease,
+                relays,
+                !made[i],
+                &no_more,
+                owned,
+                &mut late[i],
+                &mut taken,
+                &metrics,
             )
             .await
             {
@@ -163,8 +180,9 @@ async fn cycle(
     lease: Duration,
     relays: i64,
     make: bool,
-    take: bool,
+    no_more: &CancellationToken,
     owned: &mut Owned,
+    late: &mut Vec<i32>,
     taken: &mut u64,
     metrics: &Metrics,
 ) -> Result<()> {
@@ -193,7 +211,8 @@ async fn cycle(
         partitions = owned.partitions,
         "partitions renewed"
     );
-    if take && owned.parts.len() < owned.share {
+    // Looked at again just before taking: shutdown may have begun meanwhile.
+    if !no_more.is_cancelled() && owned.parts.len() < owned.share {
         let want = (owned.share - owned.parts.len()) as i64;
         let r = conn
             .query(&conn.st.take, &[&endpoint, &relay, &secs, &want])
@@ -213,6 +232,9 @@ async fn cycle(
                 );
             } else {
                 tracing::info!(endpoint_id = endpoint, partition = part, "partition taken");
+            }
+            if no_more.is_cancelled() {
+                late.push(part);
             }
             owned.parts.insert(
                 part,

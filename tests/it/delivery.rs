@@ -571,6 +571,39 @@ async fn ready_only_once_the_partitions_are_taken() {
     );
 }
 
+/// A relay stopped the moment it is ready (a restart right after a start)
+/// leaves no partition leased to itself: the next relay takes them at once
+/// instead of after the lease.
+#[tokio::test]
+async fn a_relay_stopped_as_soon_as_it_is_ready_gives_every_partition_back() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = Receiver::ok().await;
+    let http = reqwest::Client::new();
+    for round in 0..8 {
+        let relay = start_one(&db, "crm", &rx.url, "").await;
+        let readyz = format!("http://{}/readyz", relay.http_addr);
+        wait_for("ready", WAIT, || async {
+            let s = http.get(&readyz).send().await.ok()?.status();
+            (s == 200).then_some(())
+        })
+        .await;
+        relay.shutdown().await;
+        let leased: i64 = c
+            .query_one(
+                "SELECT count(*) FROM webhook.partitions WHERE owner IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            leased, 0,
+            "round {round}: partitions left leased by a stopped relay"
+        );
+    }
+}
+
 #[tokio::test]
 async fn metrics_and_health_are_served() {
     let db = TestDb::new().await;
