@@ -185,14 +185,14 @@ pub async fn run_endpoint(
     let stop = l.shared.stop_claiming.clone();
     let mut paused = l.ep.breaker.paused();
     loop {
+        let is_paused = *paused.borrow_and_update();
         if owned.has_changed().unwrap_or(false) {
             let o = owned.borrow_and_update().clone();
             l.apply_ownership(o).await;
         }
         l.park_and_fetch().await;
-        // New rows first: a wake-up is most often a writer's commit. The read
-        // runs beside what follows; its rows join when it is back.
-        l.read_step();
+        // New rows first: a wake-up is most often a writer's commit.
+        l.read_step(is_paused).await;
         // A read may have found the endpoint paused.
         let is_paused = *paused.borrow_and_update();
         if !is_paused {
@@ -204,9 +204,7 @@ pub async fn run_endpoint(
         l.give_back_idle().await;
 
         let next = l.next_wake(is_paused);
-        let listens = l.reading.listens();
         tokio::select! {
-            f = l.reading.fetched() => l.fetched(f).await,
             Some(sent) = sent_rx.recv() => {
                 l.handle(sent).await;
                 while let Ok(sent) = sent_rx.try_recv() {
@@ -214,7 +212,7 @@ pub async fn run_endpoint(
                 }
             }
             _ = tokio::time::sleep_until(next) => {}
-            r = wake.changed(), if listens => {
+            r = wake.changed(), if l.reading.listens() => {
                 if r.is_ok() {
                     l.woken();
                 }

@@ -1,22 +1,18 @@
 //! The endpoint loop's reading of the log: catch-up reads of newly taken
 //! partitions from their cursor, then regular reads from tick to tick; a big
 //! tick by its ids and then a page at a time; the read-ahead budget; and the
-//! wake-up switch when nothing is new (docs/wakeup.md). Each statement runs
-//! in a task of its own while the loop goes on sending; its rows join the
-//! loop when it is done, one read at a time.
+//! wake-up switch when nothing is new (docs/wakeup.md).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Loop;
-use crate::db::Db;
 use crate::queue::cursor::{Read, Reads};
 use crate::queue::keys::{Pushed, Queued as _};
-use crate::queue::reader::{self, Row, Scope, Source};
+use crate::queue::reader::{self, Row, Source};
 use crate::queue::ticks::Tick;
 
 /// Rows per read.
@@ -58,35 +54,6 @@ struct Job {
     found: usize,
 }
 
-/// A job's statement running in its task, and what the loop must know of it
-/// meanwhile.
-pub struct Out {
-    handle: JoinHandle<Fetch>,
-    parts: Vec<i32>,
-    catch_up: bool,
-    /// The job's read, when it has begun.
-    read: Option<Arc<Read>>,
-    /// Partitions no longer read since the statement began: their rows are
-    /// dropped when it comes back.
-    stopped: BTreeSet<i32>,
-}
-
-/// A statement's job, back from its task with what it found.
-pub struct Fetch {
-    job: Job,
-    got: anyhow::Result<Got>,
-}
-
-struct Got {
-    rows: Vec<Row>,
-    /// The tick the job's read is to begin with (its first statement).
-    begin: Option<Tick>,
-    /// The endpoint's pause, as the read saw it.
-    paused: Option<bool>,
-    /// The job has read everything.
-    done: bool,
-}
-
 enum Wakeup {
     /// Rows were found last time: the switch is (being) disarmed.
     Busy,
@@ -110,10 +77,6 @@ pub struct Reading {
     /// Partitions in the regular reads (their catch-up is done).
     parts: BTreeSet<i32>,
     jobs: VecDeque<Job>,
-    /// The statement in progress, if any.
-    out: Option<Out>,
-    /// After a failed statement, the next waits until then.
-    error_until: Option<Instant>,
     wakeup: Wakeup,
     read_at: Option<Instant>,
     /// When the last statement of a read began.
@@ -133,8 +96,6 @@ impl Reading {
             prev: None,
             parts: BTreeSet::new(),
             jobs: VecDeque::new(),
-            out: None,
-            error_until: None,
             wakeup: Wakeup::Busy,
             read_at: Some(Instant::now()),
             began: Instant::now(),
@@ -175,9 +136,6 @@ impl Reading {
         for j in &mut self.jobs {
             j.parts.retain(|q| *q != p);
         }
-        if let Some(o) = &mut self.out {
-            o.stopped.insert(p);
-        }
     }
 
     /// The partition is gone.
@@ -187,10 +145,6 @@ impl Reading {
 
     pub fn catching_up(&self, p: i32) -> bool {
         self.jobs.iter().any(|j| j.catch_up && j.parts.contains(&p))
-            || self
-                .out
-                .as_ref()
-                .is_some_and(|o| o.catch_up && o.parts.contains(&p) && !o.stopped.contains(&p))
     }
 
     /// Shutdown: reads in progress stop where they are, unfinished, so the
@@ -199,12 +153,6 @@ impl Reading {
     pub fn abandon(&mut self) {
         for j in self.jobs.drain(..) {
             if let Some(r) = &j.read {
-                Reads::abandon(r);
-            }
-        }
-        if let Some(o) = self.out.take() {
-            o.handle.abort();
-            if let Some(r) = &o.read {
                 Reads::abandon(r);
             }
         }
@@ -221,148 +169,19 @@ impl Reading {
 
     /// When the next read is due, given the events in memory.
     pub fn next_read(&self, in_memory: usize) -> Option<Instant> {
-        if in_memory + PAGE as usize > BUDGET || self.out.is_some() {
+        if in_memory + PAGE as usize > BUDGET {
             return None;
-        }
-        if let Some(at) = self.error_until {
-            return Some(at);
         }
         if !self.jobs.is_empty() {
             return Some(Instant::now());
         }
         self.read_at
     }
-
-    /// The statement in progress, once it is done (never, when there is none).
-    pub async fn fetched(&mut self) -> Fetch {
-        match &mut self.out {
-            Some(o) => match (&mut o.handle).await {
-                Ok(f) => f,
-                Err(e) => panic!("a read of the log stopped: {e}"),
-            },
-            None => std::future::pending().await,
-        }
-    }
-}
-
-/// Runs the job's next statement (for the first of a catch-up, the tick and
-/// the ids: two); each brings rows, or learns the ids of rows, but not both,
-/// so that a failure loses nothing already found.
-async fn fetch(
-    db: Arc<Db>,
-    endpoint: i32,
-    mask: i32,
-    ordered: bool,
-    mut job: Job,
-    limit: i64,
-) -> Fetch {
-    let got = fetch_step(&db, endpoint, mask, ordered, &mut job, limit).await;
-    Fetch { job, got }
-}
-
-async fn fetch_step(
-    db: &Db,
-    endpoint: i32,
-    mask: i32,
-    ordered: bool,
-    job: &mut Job,
-    limit: i64,
-) -> anyhow::Result<Got> {
-    let conn = db.conn().await?;
-    let parts = job.parts.clone();
-    let scope = Scope {
-        endpoint,
-        mask,
-        parts: &parts,
-        ordered,
-    };
-    let mut got = Got {
-        rows: Vec::new(),
-        begin: None,
-        paused: None,
-        done: false,
-    };
-    if let Some((ids, more)) = &mut job.ids {
-        if ids.is_empty() {
-            // The next page of a big tick's ids.
-            let cur = job.cur.clone().expect("a big tick has its tick");
-            let next =
-                reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
-            *more = next.len() as i64 == IDS_PAGE;
-            if let Some(last) = next.last() {
-                job.after = *last;
-            }
-            *ids = next.into();
-        } else {
-            let n = ids.len().min(limit as usize);
-            let page: Vec<i64> = ids.iter().take(n).copied().collect();
-            got.rows = reader::read_rows(&conn, &scope, &page).await?;
-            ids.drain(..n);
-        }
-        got.done = ids.is_empty() && !*more;
-        return Ok(got);
-    }
-    if job.catch_up && job.read.is_none() {
-        // A catch-up may span a long way (a relay that starts on a
-        // backlog of a million rows): its ids first, which is the one
-        // walk of its range that a big tick needs anyway, instead of a
-        // page of rows that walks the whole range too (0.95 s of the
-        // database for a million).
-        let cur = match job.cur.clone() {
-            Some(t) => t,
-            None => {
-                let r = conn.query_one(&conn.st.snapshot, &[]).await;
-                db.report(&r);
-                Tick::parse(r?.get::<_, &str>(0)).map_err(anyhow::Error::msg)?
-            }
-        };
-        job.cur = Some(cur.clone());
-        let ids = reader::read_ids(&conn, &scope, &job.prev, &cur, 0, IDS_PAGE).await?;
-        let more = ids.len() as i64 == IDS_PAGE;
-        if let Some(last) = ids.last() {
-            job.after = *last;
-        }
-        got.done = ids.is_empty() && !more;
-        got.begin = Some(cur);
-        job.ids = Some((ids.into(), more));
-        return Ok(got);
-    }
-    let reader::Page { tick, rows, paused } =
-        reader::read(&conn, &scope, &job.prev, job.cur.as_ref(), job.after, limit).await?;
-    got.paused = Some(paused);
-    if job.cur.is_none() {
-        job.cur = Some(tick.clone());
-    }
-    if job.read.is_none() {
-        got.begin = Some(tick);
-    }
-    let full = rows.len() as i64 == limit;
-    if let Some(last) = rows.last() {
-        job.after = last.id;
-    }
-    got.rows = rows;
-    if full {
-        // A big tick: its remaining ids next, then its rows a page at a time.
-        job.ids = Some((VecDeque::new(), true));
-    } else {
-        got.done = true;
-    }
-    Ok(got)
 }
 
 impl Loop {
-    /// Starts the next statement of reading, when one is due and none is
-    /// in progress.
-    pub(super) fn read_step(&mut self) {
-        if self.reading.out.is_some() {
-            return;
-        }
-        if let Some(at) = self.reading.error_until {
-            if Instant::now() < at {
-                return;
-            }
-            self.reading.error_until = None;
-        }
+    /// One statement's worth of reading, when one is due.
+    pub(super) async fn read_step(&mut self, _paused: bool) {
         let room = BUDGET.saturating_sub(self.keys.in_memory()) as i64;
         if room < PAGE {
             return;
@@ -399,68 +218,110 @@ impl Loop {
             job.cur = self.reading.prev.clone();
         }
         self.reading.began = Instant::now();
-        let out = Out {
-            parts: job.parts.clone(),
-            catch_up: job.catch_up,
-            read: job.read.clone(),
-            stopped: BTreeSet::new(),
-            handle: tokio::spawn(fetch(
-                self.shared.db.clone(),
-                self.ep.id,
-                self.owned.partitions - 1,
-                self.ep.ordered(),
-                job,
-                room.min(PAGE),
-            )),
-        };
-        self.reading.out = Some(out);
-    }
-
-    /// A statement of reading is back: its rows join the keys' queues.
-    pub(super) async fn fetched(&mut self, f: Fetch) {
-        let Some(out) = self.reading.out.take() else {
-            return;
-        };
-        let Fetch { mut job, got } = f;
-        job.parts.retain(|p| !out.stopped.contains(p));
-        match got {
-            Ok(got) => {
-                if let Some(paused) = got.paused {
-                    self.ep.breaker.seen_paused(paused);
-                }
-                if let Some(tick) = got.begin {
-                    if job.read.is_none() {
-                        job.read = Some(self.reads.begin(tick));
-                    }
-                }
-                job.found += got.rows.len();
-                if !got.rows.is_empty() {
-                    let read = job.read.clone().expect("rows come from a read begun");
-                    self.push_rows(got.rows, &read, &out.stopped);
-                }
-                if got.done {
-                    self.job_done(job).await;
-                } else {
-                    self.reading.jobs.push_front(job);
-                }
-            }
+        match self.read_job(&mut job, room.min(PAGE)).await {
+            Ok(true) => self.job_done(job).await,
+            Ok(false) => self.reading.jobs.push_front(job),
             Err(e) => {
                 tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "reading the log failed; will retry");
                 self.reading.jobs.push_front(job);
-                self.reading.error_until = Some(Instant::now() + super::ERROR_PAUSE);
+                self.reading.read_at = Some(Instant::now() + super::ERROR_PAUSE);
+                tokio::time::sleep(super::ERROR_PAUSE).await;
             }
         }
     }
 
-    fn push_rows(&mut self, rows: Vec<Row>, read: &Arc<Read>, stopped: &BTreeSet<i32>) {
+    /// Runs one statement of `job`; true when the job has read everything.
+    async fn read_job(&mut self, job: &mut Job, limit: i64) -> anyhow::Result<bool> {
+        let conn = self.shared.db.conn().await?;
+        let scope = self.scope(&job.parts);
+        if let Some((ids, more)) = &mut job.ids {
+            // Taken off the list only once read: a failed page is tried again.
+            let n = ids.len().min(limit as usize);
+            let page: Vec<i64> = ids.iter().take(n).copied().collect();
+            let rows = reader::read_rows(&conn, &scope, &page).await?;
+            ids.drain(..n);
+            let read = job.read.clone().expect("a big tick's read has begun");
+            job.found += rows.len();
+            self.push_rows(rows, &read);
+            if !ids.is_empty() {
+                return Ok(false);
+            }
+            if !*more {
+                return Ok(true);
+            }
+            let cur = job.cur.clone().expect("a big tick has its tick");
+            let next =
+                reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
+            *more = next.len() as i64 == IDS_PAGE;
+            if let Some(last) = next.last() {
+                job.after = *last;
+            }
+            *ids = next.into();
+            return Ok(ids.is_empty() && !*more);
+        }
+        if job.catch_up && job.read.is_none() {
+            // A catch-up may span a long way (a relay that starts on a
+            // backlog of a million rows): its ids first, which is the one
+            // walk of its range that a big tick needs anyway, instead of a
+            // page of rows that walks the whole range too (0.95 s of the
+            // database for a million).
+            let cur = match job.cur.clone() {
+                Some(t) => t,
+                None => {
+                    let r = conn.query_one(&conn.st.snapshot, &[]).await;
+                    self.shared.db.report(&r);
+                    Tick::parse(r?.get::<_, &str>(0)).map_err(anyhow::Error::msg)?
+                }
+            };
+            job.cur = Some(cur.clone());
+            job.read = Some(self.reads.begin(cur.clone()));
+            let ids = reader::read_ids(&conn, &scope, &job.prev, &cur, 0, IDS_PAGE).await?;
+            let more = ids.len() as i64 == IDS_PAGE;
+            if let Some(last) = ids.last() {
+                job.after = *last;
+            }
+            let done = ids.is_empty();
+            job.ids = Some((ids.into(), more));
+            return Ok(done);
+        }
+        let reader::Page { tick, rows, paused } =
+            reader::read(&conn, &scope, &job.prev, job.cur.as_ref(), job.after, limit).await?;
+        self.ep.breaker.seen_paused(paused);
+        if job.cur.is_none() {
+            job.cur = Some(tick.clone());
+        }
+        let read = job
+            .read
+            .get_or_insert_with(|| self.reads.begin(tick))
+            .clone();
+        let full = rows.len() as i64 == limit;
+        if let Some(last) = rows.last() {
+            job.after = last.id;
+        }
+        job.found += rows.len();
+        self.push_rows(rows, &read);
+        if !full {
+            return Ok(true);
+        }
+        // A big tick: its remaining ids once, then its rows a page at a time.
+        let cur = job.cur.clone().expect("set above");
+        let ids = reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
+        let more = ids.len() as i64 == IDS_PAGE;
+        if let Some(last) = ids.last() {
+            job.after = *last;
+        }
+        let done = ids.is_empty();
+        job.ids = Some((ids.into(), more));
+        Ok(done)
+    }
+
+    fn push_rows(&mut self, rows: Vec<Row>, read: &Arc<Read>) {
         let scope_ordered = self.ep.ordered();
         for row in rows {
             let token = Reads::token(read);
-            // A page by ids may still hold rows of a partition given back,
-            // and any statement rows of one no longer read since it began.
+            // A page by ids may still hold rows of a partition given back.
             if self.giving_back.contains_key(&row.partition)
                 || !self.known.contains_key(&row.partition)
-                || stopped.contains(&row.partition)
             {
                 token.settle();
                 continue;
