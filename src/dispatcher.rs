@@ -808,19 +808,6 @@ impl Loop {
             self.cursor = Some((t, false));
         }
         let tick = self.cursor.as_ref().map(|(t, _)| t.clone());
-        if !parts.is_empty() {
-            if let Err(e) = ownership::give_back(
-                &self.shared.db,
-                self.ep.id,
-                &self.shared.relay_name,
-                &parts,
-                tick.as_ref(),
-            )
-            .await
-            {
-                tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "giving partitions back at shutdown failed; their leases expire");
-            }
-        }
         // Taken by the ownership task but never read here (the stop came
         // first): back with their cursors as they were, or the next relay
         // would wait a whole lease for them.
@@ -830,16 +817,19 @@ impl Loop {
             .copied()
             .filter(|p| !parts.contains(p))
             .collect();
-        if !unseen.is_empty() {
-            if let Err(e) = ownership::give_back(
+        for (parts, tick) in [(parts, tick.as_ref()), (unseen, None)] {
+            if parts.is_empty() {
+                continue;
+            }
+            let r = ownership::give_back(
                 &self.shared.db,
                 self.ep.id,
                 &self.shared.relay_name,
-                &unseen,
-                None,
+                &parts,
+                tick,
             )
-            .await
-            {
+            .await;
+            if let Err(e) = r {
                 tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "giving partitions back at shutdown failed; their leases expire");
             }
         }
