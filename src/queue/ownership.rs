@@ -89,8 +89,11 @@ pub async fn run(
                 // Taken by a round that began before shutdown and ended
                 // after it: the loops may have stopped before seeing them.
                 for (i, (id, _)) in endpoints.iter().enumerate() {
-                    if !late[i].is_empty() {
-                        let _ = give_back(&db, *id, &relay, &late[i], None).await;
+                    if late[i].is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = give_back(&db, *id, &relay, &late[i], None).await {
+                        tracing::warn!(endpoint_id = id, error = %format!("{e:#}"), "giving partitions back at shutdown failed; their leases expire");
                     }
                 }
                 gone(&db, &relay).await;
