@@ -21,6 +21,7 @@ pub enum Stmt {
 pub struct Statements {
     pub read: Stmt,
     pub read_ids: Stmt,
+    pub read_ids_any: Stmt,
     pub read_rows: Stmt,
     pub holds_due: Stmt,
     pub holds_load: Stmt,
@@ -76,6 +77,21 @@ const NAMED_SQL: [&str; 26] = [
     include_str!("../../sql/resume_after_probe.sql"),
     include_str!("../../sql/count_minutes.sql"),
 ];
+
+/// sql/queue/read_ids.sql without its ORDER BY: the ids in no particular
+/// order, which spares the database a sort of the whole tick (an external
+/// merge of a million ids at the default work_mem, a quarter of the
+/// statement); the relay sorts them itself. Only a list that fits in one
+/// page is complete this way (docs/queue.md §9).
+static READ_IDS_ANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let ordered = NAMED_SQL[1];
+    let any = ordered.replacen("\n ORDER BY o.id\n", "\n", 1);
+    assert_ne!(
+        any, ordered,
+        "sql/queue/read_ids.sql orders by \"ORDER BY o.id\" on a line of its own"
+    );
+    any
+});
 
 /// The other statements the relay's connections run, looked up by text
 /// ([`Conn::sql`]).
@@ -199,7 +215,14 @@ async fn statements(
     client: &mut Client,
     pooled: bool,
 ) -> Result<(Statements, std::collections::HashMap<&'static str, Stmt>)> {
-    let all: Vec<&'static str> = NAMED_SQL.iter().chain(OTHER_SQL.iter()).copied().collect();
+    // The named statements, then the derived one, then the others: the
+    // order in which `next` hands them out below.
+    let all: Vec<&'static str> = NAMED_SQL
+        .iter()
+        .copied()
+        .chain([READ_IDS_ANY.as_str()])
+        .chain(OTHER_SQL.iter().copied())
+        .collect();
     let mut made = std::collections::VecDeque::new();
     if pooled {
         let tx = client
@@ -258,6 +281,7 @@ async fn statements(
         breaker_report: next(),
         resume_after_probe: next(),
         count_minutes: next(),
+        read_ids_any: next(),
     };
     let other = OTHER_SQL.iter().map(|sql| (*sql, next())).collect();
     Ok((st, other))

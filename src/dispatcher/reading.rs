@@ -25,6 +25,14 @@ const IDS_PAGE: i64 = 1_000_000;
 /// whole page fits, so a full budget is topped up a page at a time rather
 /// than by a statement for every few events sent.
 pub const BUDGET: usize = 10_000;
+/// Reading also waits while this many events could be sent already: an
+/// endpoint that sends slowly (a receiver that takes seconds, few slots)
+/// then holds two pages ready, not its whole budget, and its reads do not
+/// take the database and the relay's shared connections from the other
+/// endpoints for events it will not send for a long while. A key's events
+/// behind its head are not ready, so one busy key still reads ahead to the
+/// budget.
+const READY_AHEAD: usize = 2 * PAGE as usize;
 /// Pause after a read that found fewer rows than a page: the loop has caught
 /// up with the writers, and reading again at once would mostly fetch one row
 /// per statement.
@@ -167,9 +175,15 @@ impl Reading {
         self.read_at = Some(Instant::now());
     }
 
-    /// When the next read is due, given the events in memory.
-    pub fn next_read(&self, in_memory: usize) -> Option<Instant> {
-        if in_memory + PAGE as usize > BUDGET {
+    /// Whether there is room to read: a page fits in the budget and fewer
+    /// than [`READY_AHEAD`] events could be sent already.
+    fn room(in_memory: usize, ready: usize) -> bool {
+        in_memory + PAGE as usize <= BUDGET && ready < READY_AHEAD
+    }
+
+    /// When the next read is due, given the events in memory and ready.
+    pub fn next_read(&self, in_memory: usize, ready: usize) -> Option<Instant> {
+        if !Self::room(in_memory, ready) {
             return None;
         }
         if !self.jobs.is_empty() {
@@ -182,10 +196,10 @@ impl Reading {
 impl Loop {
     /// One statement's worth of reading, when one is due.
     pub(super) async fn read_step(&mut self, _paused: bool) {
-        let room = BUDGET.saturating_sub(self.keys.in_memory()) as i64;
-        if room < PAGE {
+        if !Reading::room(self.keys.in_memory(), self.keys.ready_len()) {
             return;
         }
+        let room = BUDGET.saturating_sub(self.keys.in_memory()) as i64;
         if self.reading.jobs.is_empty() {
             let due = self.reading.read_at.is_some_and(|at| at <= Instant::now());
             let Some(prev) = self.reading.prev.clone() else {
@@ -250,9 +264,9 @@ impl Loop {
                 return Ok(true);
             }
             let cur = job.cur.clone().expect("a big tick has its tick");
-            let next =
+            let (next, more_after) =
                 reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
-            *more = next.len() as i64 == IDS_PAGE;
+            *more = more_after;
             if let Some(last) = next.last() {
                 job.after = *last;
             }
@@ -275,8 +289,7 @@ impl Loop {
             };
             job.cur = Some(cur.clone());
             job.read = Some(self.reads.begin(cur.clone()));
-            let ids = reader::read_ids(&conn, &scope, &job.prev, &cur, 0, IDS_PAGE).await?;
-            let more = ids.len() as i64 == IDS_PAGE;
+            let (ids, more) = reader::read_ids(&conn, &scope, &job.prev, &cur, 0, IDS_PAGE).await?;
             if let Some(last) = ids.last() {
                 job.after = *last;
             }
@@ -305,8 +318,8 @@ impl Loop {
         }
         // A big tick: its remaining ids once, then its rows a page at a time.
         let cur = job.cur.clone().expect("set above");
-        let ids = reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
-        let more = ids.len() as i64 == IDS_PAGE;
+        let (ids, more) =
+            reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
         if let Some(last) = ids.last() {
             job.after = *last;
         }

@@ -175,9 +175,40 @@ pub async fn read(
     })
 }
 
-/// The ids of a big tick's rows after `after`, at most `limit`.
+/// The ids of a big tick's rows after `after`, at most `limit`, in id order,
+/// and whether more follow them. First in no order, at most `limit + 1`,
+/// which the relay sorts itself; only a tick with more than `limit` rows
+/// left is listed again, sorted by the database, to page through it.
 pub async fn read_ids(
     conn: &Conn,
+    scope: &Scope<'_>,
+    prev: &Tick,
+    cur: &Tick,
+    after: i64,
+    limit: i64,
+) -> Result<(Vec<i64>, bool)> {
+    let mut ids = list_ids(
+        conn,
+        &conn.st.read_ids_any,
+        scope,
+        prev,
+        cur,
+        after,
+        limit + 1,
+    )
+    .await?;
+    if ids.len() as i64 > limit {
+        ids = list_ids(conn, &conn.st.read_ids, scope, prev, cur, after, limit).await?;
+        let more = ids.len() as i64 == limit;
+        return Ok((ids, more));
+    }
+    Ok((ids, false))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn list_ids(
+    conn: &Conn,
+    stmt: &crate::db::Stmt,
     scope: &Scope<'_>,
     prev: &Tick,
     cur: &Tick,
@@ -186,7 +217,7 @@ pub async fn read_ids(
 ) -> Result<Vec<i64>> {
     let row = conn
         .query_one(
-            &conn.st.read_ids,
+            stmt,
             &[
                 &scope.endpoint,
                 &prev.xmax_param(),
@@ -201,9 +232,8 @@ pub async fn read_ids(
         .await
         .context("reading a big tick's ids")?;
     let mut ids: Vec<i64> = row.get::<_, Option<Vec<i64>>>(0).unwrap_or_default();
-    // In id order already, as the subquery sorted them; an aggregate's
-    // input order is not promised, so this makes sure (a sorted run is
-    // checked in one pass).
+    // An aggregate's input order is not promised even from the sorted
+    // statement; a sorted run is checked in one pass.
     ids.sort_unstable();
     Ok(ids)
 }

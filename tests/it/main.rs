@@ -19,6 +19,7 @@ mod page;
 mod pgtls;
 mod pooler;
 mod process;
+mod queue;
 mod receiver;
 mod relays;
 mod reliability;
