@@ -262,7 +262,10 @@ impl Loop {
         let mut next = self
             .cursor_at
             .max(Instant::now() + Duration::from_millis(1));
-        if let Some(at) = self.reading.next_read(self.keys.in_memory()) {
+        if let Some(at) = self
+            .reading
+            .next_read(self.keys.in_memory(), self.keys.ready_len())
+        {
             next = next.min(at);
         }
         if !paused {

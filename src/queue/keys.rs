@@ -154,6 +154,13 @@ impl<E: Queued> Keys<E> {
         self.loose_in_flight.iter().copied().collect()
     }
 
+    /// At most this many events can be sent now: the keys listed as ready
+    /// (a key may be listed twice, or be in flight since) and the loose
+    /// events.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len() + self.loose.len()
+    }
+
     /// Whether anything can be sent now.
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty() || !self.loose.is_empty()
