@@ -684,6 +684,19 @@ async fn stats(port: u16) -> Result<Stats> {
     })
 }
 
+/// Seconds from `start` until the receiver has its first event, polled
+/// every millisecond (a relay's start-up and its first read).
+async fn first_receipt(port: u16, start: Instant) -> Result<f64> {
+    let deadline = start + Duration::from_secs(300);
+    while stats(port).await?.unique == 0 {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for the first receipt");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
 /// Inserts `n` pending rows for endpoint 1 directly (a backlog, as if the
 /// relay had been stopped while the app wrote), with event ids made as
 /// webhook.enqueue makes them, each its own buyer (ordering key).
@@ -1258,6 +1271,7 @@ async fn backlog(
         let start = Instant::now();
         let relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
         // Timed to receipt, as the large backlog's sample is.
+        let small_first = first_receipt(port, start).await?;
         wait_until("the small drain", Duration::from_secs(300), || async {
             Ok(stats(port).await?.unique >= small as u64)
         })
@@ -1302,6 +1316,7 @@ async fn backlog(
         pgss_reset(&c).await?;
         let start = Instant::now();
         let relay = b.spawn_relay(&url, port, &[("bench", "fast")], None)?;
+        let large_first = first_receipt(port, start).await?;
         wait_until("the sample", Duration::from_secs(600), || async {
             Ok(stats(port).await?.unique >= sample as u64)
         })
@@ -1312,7 +1327,7 @@ async fn backlog(
         pgss_report(&c).await?;
         let s = stats(port).await?;
         println!(
-            "run {run}: {small} pending: {small_rate:.0}/s; {pending} pending + {history} history: {large_rate:.0}/s over the first {sample} = {:.2}x; check: bad_signatures={} duplicates={}",
+            "run {run}: {small} pending: {small_rate:.0}/s (first receipt after {small_first:.2} s); {pending} pending + {history} history: {large_rate:.0}/s over the first {sample} (first receipt after {large_first:.2} s) = {:.2}x; check: bad_signatures={} duplicates={}",
             large_rate / small_rate,
             s.bad_signatures,
             s.requests - s.unique
