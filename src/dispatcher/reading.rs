@@ -41,8 +41,16 @@ const CAUGHT_UP_PAUSE: Duration = Duration::from_millis(1);
 /// by a longer pause each time, up to this: the loop is busy, its switch stays
 /// off (writers send no NOTIFY), and new rows are found within this long.
 const BUSY_MAX_PAUSE: Duration = Duration::from_millis(8);
-/// Empty reads in a row (1 ms apart) before the loop arms its switch.
-const LINGER_READS: u32 = 3;
+/// How long the loop goes on reading after its last rows before it arms its
+/// switch, the pause between empty reads doubling from 1 ms up to
+/// [`BUSY_MAX_PAUSE`]. Each arming and disarming is an update of the
+/// endpoint's row; under a trickle with gaps of a few milliseconds a shorter
+/// linger (three reads 1 ms apart) turned the switch about six times a
+/// second, and while any long transaction or snapshot holds back the
+/// horizon those versions cannot be pruned, so every look at the row (each
+/// read, each writer's routing) walked more of them as it went on
+/// (docs/wakeup.md).
+const LINGER: Duration = Duration::from_millis(50);
 /// Longest pause between two checks while waiting for writers that were in
 /// progress when the switch was armed.
 const SETTLE_MAX_DELAY: Duration = Duration::from_millis(50);
@@ -65,9 +73,9 @@ struct Job {
 enum Wakeup {
     /// Rows were found last time: the switch is (being) disarmed.
     Busy,
-    /// Nothing new, but rows came moments ago: look again shortly before
-    /// paying for the switch.
-    Lingering(u32),
+    /// Nothing new since this moment, but rows came moments ago: look
+    /// again shortly before paying for the switch.
+    Lingering(Instant),
     /// Armed, waiting for writers that were in progress at arming to end.
     Settling {
         snapshot: String,
@@ -398,8 +406,14 @@ impl Loop {
         let state = std::mem::replace(&mut self.reading.wakeup, Wakeup::Busy);
         let was_settling = matches!(state, Wakeup::Settling { .. });
         self.reading.wakeup = match state {
-            Wakeup::Busy => Wakeup::Lingering(1),
-            Wakeup::Lingering(n) if n < LINGER_READS => Wakeup::Lingering(n + 1),
+            Wakeup::Busy => {
+                self.reading.busy_pause = CAUGHT_UP_PAUSE;
+                Wakeup::Lingering(now)
+            }
+            Wakeup::Lingering(since) if now < since + LINGER => {
+                self.reading.busy_pause = (self.reading.busy_pause * 2).min(BUSY_MAX_PAUSE);
+                Wakeup::Lingering(since)
+            }
             Wakeup::Lingering(_) => match self.arm().await {
                 Ok(snapshot) => Wakeup::Settling {
                     snapshot,
@@ -431,7 +445,8 @@ impl Loop {
             }
         };
         self.reading.read_at = Some(match &self.reading.wakeup {
-            Wakeup::Busy | Wakeup::Lingering(_) => now + CAUGHT_UP_PAUSE,
+            Wakeup::Busy => now + CAUGHT_UP_PAUSE,
+            Wakeup::Lingering(_) => now + self.reading.busy_pause,
             Wakeup::Settling { delay, .. } => now + *delay,
             // Settled after this read: the writers it waited for may have
             // committed since, so read once more before relying on NOTIFY.

@@ -32,6 +32,8 @@ struct ReadWork {
     buffers: i64,
     /// Rows in the outbox then.
     rows: i64,
+    /// Updates of the endpoint's wake-up switch so far (sql/arm.sql, sql/disarm.sql).
+    flips: i64,
 }
 
 impl ReadWork {
@@ -50,10 +52,20 @@ async fn read_work(c: &tokio_postgres::Client) -> ReadWork {
         )
         .await
         .unwrap();
+    let flips: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+              WHERE query LIKE '%UPDATE webhook.endpoints SET armed%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     ReadWork {
         calls: r.get(0),
         buffers: r.get(1),
         rows: r.get(2),
+        flips,
     }
 }
 
@@ -211,7 +223,7 @@ async fn a_transaction_held_open_for_a_minute_stalls_no_other_event() {
          before_p50_ms={:.1} before_p99_ms={:.1} during_p50_ms={:.1} during_p99_ms={:.1} during_max_ms={:.1} \
          during_p99_per_10s_ms=[{}] held_event_after_commit_ms={held_ms:.1} \
          read_buffers_per_call_before={work_before:.1} first_10s={work_first:.1} last_10s={work_last:.1} \
-         read_calls_before={} first_10s={} last_10s={}",
+         read_calls_before={} first_10s={} last_10s={} switch_flips_before={} during={}",
         during.len(),
         percentile(&lat_before, 50.0),
         percentile(&lat_before, 99.0),
@@ -222,6 +234,8 @@ async fn a_transaction_held_open_for_a_minute_stalls_no_other_event() {
         read_1.calls - read_0.calls,
         read_2.calls - read_1.calls,
         read_4.calls - read_3.calls,
+        read_1.flips - read_0.flips,
+        read_4.flips - read_1.flips,
     );
     assert!(
         rate >= RATE as f64 * 0.9,
