@@ -10,6 +10,9 @@
 #   ONLY=postcode bash bench/instructions.sh   # only the postcode-change cases
 #   ONLY=bulk bash bench/instructions.sh       # bulk changes of 2,500 and 10,000 buyers
 #   ONLY=relay BATCHES=200 bash bench/instructions.sh   # only the relay's statements
+#   ONLY=topup bash bench/instructions.sh      # only the top-up cases
+#   EXTRA=file.sql bash bench/instructions.sh  # file.sql applied after the triggers (an alternative
+#                                              # measured: bench/queue/triggers-fused.sql, ...)
 #
 # Needs valgrind and the Postgres server binaries. Starts a throwaway cluster
 # in a temporary directory (as the `postgres` or `nobody` account when run as
@@ -67,6 +70,7 @@ psql_ -d postgres -c "CREATE DATABASE bench"
 # In version order: V10 sorts before V2 by name.
 for f in $(ls migrations/V*.sql | sort -V) sql/example_app.sql; do psql_ -d bench -f "$f" >/dev/null; done
 psql_ -d bench -f sql/triggers.sql >/dev/null 2>&1
+if [ -n "${EXTRA:-}" ]; then psql_ -d bench -f "$EXTRA" >/dev/null; fi
 psql_ -d bench <<'SQL' >/dev/null
 INSERT INTO webhook.endpoints (name, url, events, armed)
 VALUES ('bench', 'http://127.0.0.1:9/', ARRAY['user_credits_zero', 'post_code_change', 'add_credits'], false);
@@ -259,6 +263,7 @@ fi
     large=$(sample "${setup[$case]}" $((3 * N)))
     printf '%-20s %8d instructions per top-up\n' "$case" $(( (large - small) / (2 * N) ))
 done
+[ "${ONLY:-}" = topup ] && exit 0
 [ "${ONLY:-}" = relay ] || for case in postcode-no-trigger postcode-trigger; do
     small=$(sample "${setup[$case]}" "$N" postcode)
     large=$(sample "${setup[$case]}" $((3 * N)) postcode)
