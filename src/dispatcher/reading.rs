@@ -431,7 +431,13 @@ impl Loop {
                 until,
             } => match self.settled(&snapshot).await {
                 Ok(true) => Wakeup::Armed,
-                _ if now >= until => Wakeup::Armed,
+                // Waiting goes on for as long as those writers are open,
+                // reading every 50 ms: one of them may have read the switch
+                // off (a bulk write begun during the linger), and its rows
+                // would otherwise wait for the poll timer after it commits.
+                // Only a check that keeps failing gives up, after a poll
+                // interval.
+                Err(_) if now >= until => Wakeup::Armed,
                 _ => Wakeup::Settling {
                     snapshot,
                     delay: (delay * 2).min(SETTLE_MAX_DELAY),
