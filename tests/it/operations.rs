@@ -14,7 +14,8 @@ use tokio_postgres::Client;
 use crate::delivery::{config, config_text, count_status, start, SECRET};
 use crate::receiver::Receiver;
 use crate::support::{
-    cli, hold, one_i64, park, redeliver, rows, set_dead, sql, stderr, stdout, wait_for, TestDb, BIN,
+    cli, first_column, hold, one_i64, park, redeliver, rows, set_dead, sql, stderr, stdout,
+    wait_for, TestDb, BIN,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -63,13 +64,8 @@ async fn replay_functions_requeue_with_a_fresh_budget_and_keep_history() {
     )
     .await
     .unwrap();
-    let before: Vec<String> = c
-        .query("SELECT event_id FROM webhook.outbox ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let before: Vec<String> =
+        first_column(&c, "SELECT event_id FROM webhook.outbox ORDER BY id").await;
 
     // One row by id.
     assert_eq!(
@@ -617,13 +613,7 @@ async fn replay_command_requeues_and_an_idle_relay_delivers_at_once() {
         (count_status(&c, "dead").await == 3).then_some(())
     })
     .await;
-    let ids: Vec<i64> = c
-        .query("SELECT id FROM webhook.outbox ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: Vec<i64> = first_column(&c, "SELECT id FROM webhook.outbox ORDER BY id").await;
 
     // --dry-run counts and changes nothing.
     let out = cli(

@@ -40,13 +40,7 @@ async fn a_big_ticks_ids_are_listed_whole_or_in_pages_in_id_order() {
     )
     .await;
     let cur = snapshot().await;
-    let all: Vec<i64> = c
-        .query("SELECT id FROM webhook.outbox ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let all: Vec<i64> = first_column(&c, "SELECT id FROM webhook.outbox ORDER BY id").await;
     assert_eq!(all.len(), 300);
 
     let client = connect(&db.url).await;

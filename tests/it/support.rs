@@ -211,6 +211,19 @@ pub async fn one_i64(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// The first column of every row of `sql`, in its order.
+pub async fn first_column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    c: &Client,
+    sql: &str,
+) -> Vec<T> {
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// The rows of `sql`, each as Postgres prints a row value (`(a,1,t)`, strings
 /// with spaces in quotes, NULL as nothing), in the order of `sql`.
 pub async fn rows(c: &Client, sql: &str) -> Vec<String> {
