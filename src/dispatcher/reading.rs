@@ -70,6 +70,19 @@ struct Job {
     found: usize,
 }
 
+impl Job {
+    /// A big tick's next ids, listed: they are read from now on, after the
+    /// last of them the next list begins. True when nothing is left.
+    fn listed(&mut self, ids: Vec<i64>, more: bool) -> bool {
+        if let Some(last) = ids.last() {
+            self.after = *last;
+        }
+        let done = ids.is_empty() && !more;
+        self.ids = Some((ids.into(), more));
+        done
+    }
+}
+
 enum Wakeup {
     /// Rows were found last time: the switch is (being) disarmed.
     Busy,
@@ -272,14 +285,9 @@ impl Loop {
                 return Ok(true);
             }
             let cur = job.cur.clone().expect("a big tick has its tick");
-            let (next, more_after) =
+            let (next, more) =
                 reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
-            *more = more_after;
-            if let Some(last) = next.last() {
-                job.after = *last;
-            }
-            *ids = next.into();
-            return Ok(ids.is_empty() && !*more);
+            return Ok(job.listed(next, more));
         }
         if job.catch_up && job.read.is_none() {
             // A catch-up may span a long way (a relay that starts on a
@@ -298,12 +306,7 @@ impl Loop {
             job.cur = Some(cur.clone());
             job.read = Some(self.reads.begin(cur.clone()));
             let (ids, more) = reader::read_ids(&conn, &scope, &job.prev, &cur, 0, IDS_PAGE).await?;
-            if let Some(last) = ids.last() {
-                job.after = *last;
-            }
-            let done = ids.is_empty();
-            job.ids = Some((ids.into(), more));
-            return Ok(done);
+            return Ok(job.listed(ids, more));
         }
         let reader::Page { tick, rows, paused } =
             reader::read(&conn, &scope, &job.prev, job.cur.as_ref(), job.after, limit).await?;
@@ -328,12 +331,7 @@ impl Loop {
         let cur = job.cur.clone().expect("set above");
         let (ids, more) =
             reader::read_ids(&conn, &scope, &job.prev, &cur, job.after, IDS_PAGE).await?;
-        if let Some(last) = ids.last() {
-            job.after = *last;
-        }
-        let done = ids.is_empty();
-        job.ids = Some((ids.into(), more));
-        Ok(done)
+        Ok(job.listed(ids, more))
     }
 
     fn push_rows(&mut self, rows: Vec<Row>, read: &Arc<Read>) {
