@@ -463,6 +463,15 @@ impl Proc {
             None => Command::new(exe),
         };
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null());
+        // BENCH_RELAY_ENV="NAME=VALUE ...": settings for the relay's process
+        // only (for example TOKIO_WORKER_THREADS), to compare alternatives.
+        if args.first().is_some_and(|a| a == "relay") {
+            if let Ok(vars) = std::env::var("BENCH_RELAY_ENV") {
+                for (name, value) in vars.split_whitespace().filter_map(|v| v.split_once('=')) {
+                    cmd.env(name, value);
+                }
+            }
+        }
         match log {
             Some(path) => cmd.stderr(
                 std::fs::OpenOptions::new()

@@ -51,9 +51,21 @@ const BUSY_MAX_PAUSE: Duration = Duration::from_millis(8);
 /// read, each writer's routing) walked more of them as it went on
 /// (docs/wakeup.md).
 const LINGER: Duration = Duration::from_millis(50);
-/// Longest pause between two checks while waiting for writers that were in
-/// progress when the switch was armed.
+/// Longest pause between two checks in the first moments of waiting for
+/// writers that were in progress when the switch was armed.
 const SETTLE_MAX_DELAY: Duration = Duration::from_millis(50);
+/// After that, checks are spaced by this fraction of the time waited so far
+/// (up to a poll interval): a late writer's rows wait after its commit at
+/// most a twentieth of the time it stayed open, and a transaction open for
+/// minutes costs each idle loop about one check and read a second, not
+/// twenty (docs/wakeup.md).
+const SETTLE_SHARE: u32 = 20;
+
+/// The pause before the next settle check, after `delay`, having waited
+/// `waited` since arming.
+fn settle_delay(delay: Duration, waited: Duration, poll: Duration) -> Duration {
+    (delay * 2).min(SETTLE_MAX_DELAY.max(waited / SETTLE_SHARE).min(poll))
+}
 
 /// One read of the log between two ticks, possibly over several statements.
 struct Job {
@@ -93,7 +105,8 @@ enum Wakeup {
     Settling {
         snapshot: String,
         delay: Duration,
-        until: Instant,
+        /// When the switch was armed.
+        since: Instant,
     },
     /// Armed and settled: a NOTIFY comes for new rows.
     Armed,
@@ -416,7 +429,7 @@ impl Loop {
                 Ok(snapshot) => Wakeup::Settling {
                     snapshot,
                     delay: Duration::from_millis(1),
-                    until: now + poll,
+                    since: now,
                 },
                 Err(e) => {
                     tracing::warn!(endpoint = %self.ep.cfg.name, error = %format!("{e:#}"), "arming the wake-up failed; polling");
@@ -426,20 +439,20 @@ impl Loop {
             Wakeup::Settling {
                 snapshot,
                 delay,
-                until,
+                since,
             } => match self.settled(&snapshot).await {
                 Ok(true) => Wakeup::Armed,
-                // Waiting goes on for as long as those writers are open,
-                // reading every 50 ms: one of them may have read the switch
-                // off (a bulk write begun during the linger), and its rows
-                // would otherwise wait for the poll timer after it commits.
-                // Only a check that keeps failing gives up, after a poll
-                // interval.
-                Err(_) if now >= until => Wakeup::Armed,
+                // Waiting goes on for as long as those writers are open, on
+                // a cadence that slows as they stay open (settle_delay): one
+                // of them may have read the switch off (a bulk write begun
+                // during the linger), and its rows would otherwise wait for
+                // the poll timer after it commits. Only a check that keeps
+                // failing gives up, after a poll interval.
+                Err(_) if now >= since + poll => Wakeup::Armed,
                 _ => Wakeup::Settling {
                     snapshot,
-                    delay: (delay * 2).min(SETTLE_MAX_DELAY),
-                    until,
+                    delay: settle_delay(delay, now - since, poll),
+                    since,
                 },
             },
             Wakeup::Armed => {
@@ -504,5 +517,28 @@ impl Loop {
                 shared.db.report(&r);
             }
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settle_checks_double_then_slow_with_the_time_waited() {
+        let poll = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        // The first moments: doubling from 1 ms up to 50 ms.
+        assert_eq!(settle_delay(ms(1), ms(1), poll), ms(2));
+        assert_eq!(settle_delay(ms(32), ms(63), poll), ms(50));
+        assert_eq!(settle_delay(ms(50), ms(500), poll), ms(50));
+        // Then a twentieth of the time waited, never more than doubling.
+        assert_eq!(settle_delay(ms(50), ms(2_000), poll), ms(100));
+        assert_eq!(settle_delay(ms(100), ms(6_000), poll), ms(200));
+        assert_eq!(settle_delay(ms(200), ms(6_000), poll), ms(300));
+        // At most a poll interval, however long the wait.
+        assert_eq!(settle_delay(ms(1_000), ms(600_000), poll), poll);
+        // A poll interval shorter than the first cadence bounds it too.
+        assert_eq!(settle_delay(ms(32), ms(63), ms(20)), ms(20));
     }
 }

@@ -3,14 +3,15 @@
 //! busy. The poll timer is set to an hour here, so only NOTIFY can explain a
 //! prompt delivery.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use outbox_relay::relay::{self, Relay};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::delivery::{config, count_status, enqueue, start};
 use crate::receiver::{Receiver, Reply};
-use crate::support::{wait_for, TestDb};
+use crate::support::{connect, own_cluster, wait_for, TestDb};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -137,25 +138,22 @@ async fn writers_send_no_notify_while_the_relay_is_busy() {
     relay.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_writer_that_saw_the_switch_off_is_waited_for_when_the_relay_arms() {
-    // The race the settle step closes: a transaction enqueues while the relay
-    // is busy (switch off, so it will not NOTIFY), the relay drains its
-    // backlog and arms, and only then does the transaction commit. Its row was
-    // invisible to the relay's last claim and no NOTIFY comes; with the poll
-    // timer at an hour, only the relay waiting for that transaction to end
-    // delivers it.
-    let db = TestDb::new().await;
-    let c = db.client().await;
+/// The race the settle step closes, set up: a transaction enqueues while the
+/// relay is busy (switch off, so it will not NOTIFY), and the relay drains
+/// its backlog and arms while that transaction is still open. Returns the
+/// relay, its receiver, and the open transaction's session.
+async fn a_late_writer(url: &str) -> (Relay, Receiver, tokio_postgres::Client) {
+    let c = connect(url).await;
     let rx = Receiver::start(|_| Reply::After(Duration::from_millis(300), 200)).await;
-    let relay = start(
-        &db,
+    let relay = relay::start(
         config(
             "poll_interval = \"1h\"",
             &[("crm", &rx.url, "max_in_flight = 1")],
         ),
+        url.to_string(),
     )
-    .await;
+    .await
+    .expect("relay starts");
     wait_for("the switch armed", WAIT, || async {
         (armed(&c).await == Some(true)).then_some(())
     })
@@ -166,7 +164,7 @@ async fn a_writer_that_saw_the_switch_off_is_waited_for_when_the_relay_arms() {
     })
     .await;
 
-    let writer = db.client().await;
+    let writer = connect(url).await;
     writer
         .batch_execute("BEGIN; SELECT webhook.enqueue('add_credits', '{\"late\": true}')")
         .await
@@ -175,11 +173,11 @@ async fn a_writer_that_saw_the_switch_off_is_waited_for_when_the_relay_arms() {
         (armed(&c).await == Some(true)).then_some(())
     })
     .await;
-    // Stay open past the relay's first claim after arming, then commit.
-    writer
-        .batch_execute("SELECT pg_sleep(0.2); COMMIT")
-        .await
-        .unwrap();
+    (relay, rx, writer)
+}
+
+/// Waits for the late writer's event.
+async fn late_event_delivered(rx: &Receiver) {
     wait_for("the late event delivered", WAIT, || async {
         rx.requests()
             .iter()
@@ -187,6 +185,73 @@ async fn a_writer_that_saw_the_switch_off_is_waited_for_when_the_relay_arms() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_writer_that_saw_the_switch_off_is_waited_for_when_the_relay_arms() {
+    // Its row was invisible to the relay's last read and no NOTIFY comes;
+    // with the poll timer at an hour, only the relay waiting for that
+    // transaction to end delivers it.
+    let db = TestDb::new().await;
+    let (relay, rx, writer) = a_late_writer(&db.url).await;
+    // Stay open past the relay's first read after arming, then commit.
+    writer
+        .batch_execute("SELECT pg_sleep(0.2); COMMIT")
+        .await
+        .unwrap();
+    late_event_delivered(&rx).await;
+    relay.shutdown().await;
+}
+
+/// The settle step's checks so far (sql/settled.sql), from pg_stat_statements.
+async fn settle_checks(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+          WHERE query LIKE '%pg_snapshot_xip%'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn a_writer_open_for_seconds_after_arming_is_checked_ever_more_rarely() {
+    // The settle step waits as long as the writer stays open, its checks
+    // spaced by a twentieth of the time waited: ten seconds cost about 70
+    // checks (at 50 ms apart, as before, they cost 200), and the rows come
+    // a moment after the commit, not at the poll timer (an hour here).
+    let (_cluster, url) = own_cluster(&[("shared_preload_libraries", "pg_stat_statements")]).await;
+    let c = connect(&url).await;
+    c.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    let (relay, rx, writer) = a_late_writer(&url).await;
+    let before = settle_checks(&c).await;
+    writer
+        .batch_execute("SELECT pg_sleep(10); COMMIT")
+        .await
+        .unwrap();
+    let committed = Instant::now();
+    late_event_delivered(&rx).await;
+    let after_commit = committed.elapsed();
+    let checks = settle_checks(&c).await - before;
+    println!(
+        "settle checks during 10 s: {checks}; the late event {after_commit:?} after its commit"
+    );
+    assert!(
+        checks < 100,
+        "{checks} settle checks while one writer stayed open for 10 s"
+    );
+    assert!(
+        checks >= 10,
+        "only {checks} settle checks: was the writer waited for at all?"
+    );
+    // At 10 s the checks are 0.5 s apart; the poll timer is an hour.
+    assert!(
+        after_commit < Duration::from_secs(5),
+        "the late event came {after_commit:?} after its commit"
+    );
     relay.shutdown().await;
 }
 
