@@ -1446,7 +1446,9 @@ async fn sustained(
             sync_endpoint(b, &url, port).await?;
             c.batch_execute("UPDATE webhook.endpoints SET armed = false")
                 .await?;
+            let wal0 = wal_lsn(&c).await?;
             let commits = b.load(&url, clients, seconds, None)?;
+            let wal = wal_lsn(&c).await? - wal0;
             let written: i64 = c
                 .query_one("SELECT count(*) FROM webhook.outbox", &[])
                 .await?
@@ -1455,7 +1457,10 @@ async fn sustained(
                 bail!("{commits} top-ups committed, {written} events written");
             }
             let rate = commits as f64 / seconds as f64;
-            println!("run {run}: the writers alone, no relay: committed {commits} ({rate:.0}/s)");
+            println!(
+                "run {run}: the writers alone, no relay: committed {commits} ({rate:.0}/s), WAL {:.0} bytes per event",
+                wal / commits.max(1) as f64
+            );
             alone.push(rate);
         }
         let url = b.fresh_db("bench_sustained").await?;
@@ -1471,6 +1476,7 @@ async fn sustained(
             backends_cpu_secs(&relay_backends),
             machine_busy_secs(),
         );
+        let wal0 = wal_lsn(&c).await?;
         let load_url = url.clone();
         let exe = b.exe.clone();
         let load = tokio::task::spawn_blocking(move || {
@@ -1505,6 +1511,7 @@ async fn sustained(
             .unwrap_or(0);
         let load_secs = start.elapsed().as_secs_f64();
         let at_end = stats(port).await?.unique;
+        let wal = wal_lsn(&c).await? - wal0;
         // Where the two cores went during the load, per event delivered.
         let load_cpu: f64 = String::from_utf8_lossy(&out.stderr)
             .lines()
@@ -1518,13 +1525,14 @@ async fn sustained(
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let per = |s: f64| s / at_end.max(1) as f64 * 1e6;
         let cpu = format!(
-            "CPU µs per event: writers' Postgres and the rest {:.0}, load generator {:.0}, relay {:.0}, relay's Postgres {:.0}, receiver {:.0}, idle {:.0}",
+            "CPU µs per event: writers' Postgres and the rest {:.0}, load generator {:.0}, relay {:.0}, relay's Postgres {:.0}, receiver {:.0}, idle {:.0}; WAL {:.0} bytes per event",
             per(busy - load_cpu - relay_cpu - relay_pg - rx_cpu),
             per(load_cpu),
             per(relay_cpu),
             per(relay_pg),
             per(rx_cpu),
-            per(cores * load_secs - busy)
+            per(cores * load_secs - busy),
+            wal / at_end.max(1) as f64
         );
         wait_until("the rest delivered", Duration::from_secs(300), || async {
             drained(&c).await
@@ -1560,6 +1568,16 @@ async fn sustained(
 }
 
 /// The load generator: `clients` connections doing top-ups of random buyers.
+/// Where the server's WAL stands, in bytes.
+async fn wal_lsn(c: &Client) -> Result<f64> {
+    Ok(c.query_one(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8",
+        &[],
+    )
+    .await?
+    .get(0))
+}
+
 async fn load(url: &str, clients: u32, dur: Duration, buyers: u32) -> Result<u64> {
     let mut tasks = Vec::new();
     let deadline = Instant::now() + dur;
