@@ -368,6 +368,28 @@ async fn endpoints_are_never_deleted_or_renumbered() {
         .unwrap();
 }
 
+/// The buffers a statement touched, and its plan, from EXPLAIN (ANALYZE, BUFFERS).
+async fn buffers_of(c: &tokio_postgres::Client, statement: &str) -> (u64, String) {
+    let plan: Vec<String> = c
+        .query(
+            &format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {statement}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    let buffers = plan
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Buffers: shared hit="))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no buffer counts in:\n{plan}"));
+    (buffers, plan)
+}
+
 /// The relay prepares its statements once per connection, often while the
 /// outbox is empty (a fresh install, a quiet night), and Postgres may keep a
 /// plan made from those statistics. A read or write-back must stay a few
@@ -420,32 +442,11 @@ async fn reads_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
     .await
     .unwrap();
 
-    // Buffers the statement touched, from EXPLAIN (ANALYZE, BUFFERS).
-    let buffers = |plan: &[String]| -> u64 {
-        plan.iter()
-            .find_map(|l| l.trim().strip_prefix("Buffers: shared hit="))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no buffer counts in:\n{}", plan.join("\n")))
-    };
-    let explain = |sql: String| {
-        let c = &c;
-        async move {
-            c.query(&sql, &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-        }
-    };
     let call = format!("EXECUTE read(1, '{xmax}', '{xip}', NULL, {ALL_PARTS}, 500, 0, 15)");
-    let plan = explain(format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {call}")).await;
-    let read_buffers = buffers(&plan);
+    let (read_buffers, plan) = buffers_of(&c, &call).await;
     assert!(
         read_buffers < 1_000,
-        "reading 32 new of 30,032 rows touched {read_buffers} buffers:\n{}",
-        plan.join("\n")
+        "reading 32 new of 30,032 rows touched {read_buffers} buffers:\n{plan}"
     );
     let read = c.query(&call, &[]).await.unwrap();
     assert_eq!(read.len(), 32);
@@ -458,8 +459,8 @@ async fn reads_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
         .map(|r| format!("\"{}\"", r.get::<_, String>(5)))
         .collect();
     let n = ids.len();
-    let plan = explain(format!(
-        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE write_back('{{{}}}', array_fill(1, ARRAY[{n}]),
+    let (write_buffers, plan) = buffers_of(&c, &format!(
+        "EXECUTE write_back('{{{}}}', array_fill(1, ARRAY[{n}]),
              array_fill('delivered'::text, ARRAY[{n}]), array_fill(now(), ARRAY[{n}]), array_fill(1, ARRAY[{n}]),
              array_fill(200, ARRAY[{n}]), array_fill(''::text, ARRAY[{n}]), array_fill(NULL::text, ARRAY[{n}]),
              array_fill(NULL::timestamptz, ARRAY[{n}]), 'test', '{{{}}}', array_fill(NULL::text, ARRAY[{n}]),
@@ -468,11 +469,9 @@ async fn reads_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
         versions.join(",")
     ))
     .await;
-    let write_buffers = buffers(&plan);
     assert!(
         write_buffers < 2_000,
-        "writing back 32 outcomes touched {write_buffers} buffers:\n{}",
-        plan.join("\n")
+        "writing back 32 outcomes touched {write_buffers} buffers:\n{plan}"
     );
     let delivered: i64 = c
         .query_one(
@@ -483,4 +482,85 @@ async fn reads_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
         .unwrap()
         .get(0);
     assert_eq!(delivered, 32, "the write-back landed");
+}
+
+const PARKED_FETCH: &str = include_str!("../../sql/queue/parked_fetch.sql");
+
+/// A held key's parked events come back a hundred at a time once it moves on
+/// (sql/queue/parked_fetch.sql). Each fetch must walk the key's parked rows
+/// from where the last one stopped, not all of them: planned on the queue
+/// sessions' settings, before V12, it read every parked row of the key and
+/// its outbox row for each hundred, so taking back n events cost n squared.
+#[tokio::test]
+async fn a_parked_fetch_stays_cheap_however_many_events_a_key_has_parked() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let endpoint: i32 = c
+        .query_one(
+            "INSERT INTO webhook.endpoints (name, url, events)
+             VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}') RETURNING endpoint_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    c.batch_execute("ANALYZE webhook.parked; ANALYZE webhook.outbox;")
+        .await
+        .unwrap();
+    c.batch_execute(outbox_relay::db::SESSION_SETUP)
+        .await
+        .unwrap();
+    c.batch_execute(outbox_relay::db::QUEUE_SESSION_SETUP)
+        .await
+        .unwrap();
+    c.batch_execute(&format!(
+        "PREPARE parked_fetch(int, text[], bigint[], bigint, int) AS {PARKED_FETCH}"
+    ))
+    .await
+    .unwrap();
+    // Planned while nothing is parked, as on a relay whose receiver was up.
+    let call =
+        |after: i64| format!("EXECUTE parked_fetch({endpoint}, '{{k}}', '{{{after}}}', 100, 15)");
+    for _ in 0..6 {
+        c.batch_execute(&call(0)).await.unwrap();
+    }
+    // Then 10,000 events of one key parked behind its held head; ten of
+    // those after the point asked for are settled already and are skipped.
+    c.batch_execute(&format!(
+        "INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id)
+         SELECT 'evt_' || g, 'add_credits', '{{}}', 'k', {endpoint} FROM generate_series(1, 10000) g;
+         INSERT INTO webhook.parked (endpoint_id, ordering_key, outbox_id)
+         SELECT {endpoint}, 'k', id FROM webhook.outbox;
+         UPDATE webhook.outbox SET status = 'delivered', delivered_at = now()
+          WHERE id BETWEEN 5001 AND 5010;"
+    ))
+    .await
+    .unwrap();
+
+    let (buffers, plan) = buffers_of(&c, &call(5000)).await;
+    println!("taking 100 of 5,000 parked events: {buffers} buffers");
+    assert!(
+        buffers < 1_000,
+        "taking 100 of 5,000 parked events touched {buffers} buffers:\n{plan}"
+    );
+    let ids: Vec<i64> = c
+        .query(&call(5000), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(1))
+        .collect();
+    assert_eq!(ids, (5011..5111).collect::<Vec<i64>>());
+    // The last hundred and the end of the key.
+    let rows = c.query(&call(9900), &[]).await.unwrap();
+    assert_eq!(rows.len(), 100);
+    let row = &rows[0];
+    assert_eq!(row.get::<_, String>(0), "k");
+    assert_eq!(row.get::<_, i64>(1), 9901);
+    assert_eq!(row.get::<_, String>(2), "evt_9901");
+    assert_eq!(row.get::<_, i32>(3), 0);
+    assert_eq!(row.get::<_, String>(4), "{}");
+    assert!(row.get::<_, String>(5).starts_with('('), "a ctid");
+    assert!((0..16).contains(&row.get::<_, i32>(6)), "a partition");
+    assert!(c.query(&call(10000), &[]).await.unwrap().is_empty());
 }
