@@ -564,3 +564,84 @@ async fn a_parked_fetch_stays_cheap_however_many_events_a_key_has_parked() {
     assert!((0..16).contains(&row.get::<_, i32>(6)), "a partition");
     assert!(c.query(&call(10000), &[]).await.unwrap().is_empty());
 }
+
+const HOLDS_DUE: &str = include_str!("../../sql/queue/holds_due.sql");
+const REDELIVERIES_DUE: &str = include_str!("../../sql/queue/redeliveries_due.sql");
+
+/// After a receiver outage every key of an endpoint may be held, and their
+/// retries come due together; replayed rows may wait by the thousand. The
+/// relay takes a hundred of them a look (sql/queue/holds_due.sql,
+/// redeliveries_due.sql): a look must walk them soonest first and stop, not
+/// read and sort them all, or taking back n costs n squared.
+#[tokio::test]
+async fn due_holds_and_redeliveries_stay_cheap_however_many_are_due() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let endpoint: i32 = c
+        .query_one(
+            "INSERT INTO webhook.endpoints (name, url, events)
+             VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}') RETURNING endpoint_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    c.batch_execute("ANALYZE webhook.holds; ANALYZE webhook.redeliveries; ANALYZE webhook.outbox;")
+        .await
+        .unwrap();
+    c.batch_execute(outbox_relay::db::SESSION_SETUP)
+        .await
+        .unwrap();
+    c.batch_execute(outbox_relay::db::QUEUE_SESSION_SETUP)
+        .await
+        .unwrap();
+    c.batch_execute(&format!(
+        "PREPARE holds_due(int, int[], int, text[], bigint, boolean) AS {HOLDS_DUE};
+         PREPARE redeliveries_due(int, int[], int, bigint[], bigint) AS {REDELIVERIES_DUE};"
+    ))
+    .await
+    .unwrap();
+    let holds = format!("EXECUTE holds_due({endpoint}, {ALL_PARTS}, 15, '{{}}', 100, false)");
+    let redeliveries =
+        format!("EXECUTE redeliveries_due({endpoint}, {ALL_PARTS}, 15, '{{}}', 100)");
+    // Planned while nothing waits.
+    for _ in 0..6 {
+        c.batch_execute(&format!("{holds}; {redeliveries};"))
+            .await
+            .unwrap();
+    }
+    // 5,000 held keys whose retries are due, and 5,000 due redeliveries.
+    c.batch_execute(&format!(
+        "INSERT INTO webhook.outbox (event_id, event_code, payload, ordering_key, endpoint_id)
+         SELECT 'evt_' || g, 'add_credits', '{{}}', 'k' || g, {endpoint} FROM generate_series(1, 10000) g;
+         INSERT INTO webhook.holds (endpoint_id, ordering_key, outbox_id, next_attempt_at)
+         SELECT {endpoint}, ordering_key, id, now() - interval '1 hour' + id * interval '1 ms'
+           FROM webhook.outbox WHERE id <= 5000;
+         INSERT INTO webhook.redeliveries (outbox_id, endpoint_id, next_attempt_at)
+         SELECT id, {endpoint}, now() - interval '1 hour' + id * interval '1 ms'
+           FROM webhook.outbox WHERE id > 5000;"
+    ))
+    .await
+    .unwrap();
+
+    for (what, call, first) in [
+        ("held heads", &holds, 1),
+        ("redeliveries", &redeliveries, 5001),
+    ] {
+        let (buffers, plan) = buffers_of(&c, call).await;
+        println!("taking 100 of 5,000 due {what}: {buffers} buffers");
+        assert!(
+            buffers < 1_000,
+            "taking 100 of 5,000 due {what} touched {buffers} buffers:\n{plan}"
+        );
+        let rows = c.query(call.as_str(), &[]).await.unwrap();
+        assert_eq!(rows.len(), 100, "{what}");
+        let id_column = if what == "held heads" { 1 } else { 0 };
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(id_column)).collect();
+        assert_eq!(
+            ids,
+            (first..first + 100).collect::<Vec<i64>>(),
+            "{what}, soonest first"
+        );
+    }
+}
