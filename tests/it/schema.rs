@@ -486,14 +486,9 @@ async fn reads_and_write_backs_stay_cheap_when_planned_on_an_empty_outbox() {
 
 const PARKED_FETCH: &str = include_str!("../../sql/queue/parked_fetch.sql");
 
-/// A held key's parked events come back a hundred at a time once it moves on
-/// (sql/queue/parked_fetch.sql). Each fetch must walk the key's parked rows
-/// from where the last one stopped, not all of them: planned on the queue
-/// sessions' settings, before V12, it read every parked row of the key and
-/// its outbox row for each hundred, so taking back n events cost n squared.
-#[tokio::test]
-async fn a_parked_fetch_stays_cheap_however_many_events_a_key_has_parked() {
-    let db = TestDb::new().await;
+/// A session set up as the relay's queue connections are, on a database with
+/// one endpoint (its id returned) and fresh statistics of the empty `tables`.
+async fn queue_session(db: &TestDb, tables: &str) -> (tokio_postgres::Client, i32) {
     let c = db.client().await;
     let endpoint: i32 = c
         .query_one(
@@ -504,15 +499,25 @@ async fn a_parked_fetch_stays_cheap_however_many_events_a_key_has_parked() {
         .await
         .unwrap()
         .get(0);
-    c.batch_execute("ANALYZE webhook.parked; ANALYZE webhook.outbox;")
-        .await
-        .unwrap();
-    c.batch_execute(outbox_relay::db::SESSION_SETUP)
-        .await
-        .unwrap();
-    c.batch_execute(outbox_relay::db::QUEUE_SESSION_SETUP)
-        .await
-        .unwrap();
+    c.batch_execute(&format!("ANALYZE {tables}")).await.unwrap();
+    for setup in [
+        outbox_relay::db::SESSION_SETUP,
+        outbox_relay::db::QUEUE_SESSION_SETUP,
+    ] {
+        c.batch_execute(setup).await.unwrap();
+    }
+    (c, endpoint)
+}
+
+/// A held key's parked events come back a hundred at a time once it moves on
+/// (sql/queue/parked_fetch.sql). Each fetch must walk the key's parked rows
+/// from where the last one stopped, not all of them: planned on the queue
+/// sessions' settings, before V12, it read every parked row of the key and
+/// its outbox row for each hundred, so taking back n events cost n squared.
+#[tokio::test]
+async fn a_parked_fetch_stays_cheap_however_many_events_a_key_has_parked() {
+    let db = TestDb::new().await;
+    let (c, endpoint) = queue_session(&db, "webhook.parked, webhook.outbox").await;
     c.batch_execute(&format!(
         "PREPARE parked_fetch(int, text[], bigint[], bigint, int) AS {PARKED_FETCH}"
     ))
@@ -576,25 +581,8 @@ const REDELIVERIES_DUE: &str = include_str!("../../sql/queue/redeliveries_due.sq
 #[tokio::test]
 async fn due_holds_and_redeliveries_stay_cheap_however_many_are_due() {
     let db = TestDb::new().await;
-    let c = db.client().await;
-    let endpoint: i32 = c
-        .query_one(
-            "INSERT INTO webhook.endpoints (name, url, events)
-             VALUES ('e', 'http://127.0.0.1:1/', '{add_credits}') RETURNING endpoint_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    c.batch_execute("ANALYZE webhook.holds; ANALYZE webhook.redeliveries; ANALYZE webhook.outbox;")
-        .await
-        .unwrap();
-    c.batch_execute(outbox_relay::db::SESSION_SETUP)
-        .await
-        .unwrap();
-    c.batch_execute(outbox_relay::db::QUEUE_SESSION_SETUP)
-        .await
-        .unwrap();
+    let (c, endpoint) =
+        queue_session(&db, "webhook.holds, webhook.redeliveries, webhook.outbox").await;
     c.batch_execute(&format!(
         "PREPARE holds_due(int, int[], int, text[], bigint, boolean) AS {HOLDS_DUE};
          PREPARE redeliveries_due(int, int[], int, bigint[], bigint) AS {REDELIVERIES_DUE};"
