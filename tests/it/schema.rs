@@ -1,6 +1,6 @@
 //! The relay's schema: migrations, the claim index, enqueue.
 
-use crate::support::TestDb;
+use crate::support::{first_column, TestDb};
 
 #[tokio::test]
 async fn migrations_are_idempotent_and_versioned() {
@@ -229,14 +229,9 @@ async fn reading_is_a_range_of_the_xid_index_whatever_the_delivered_history() {
         .await
         .unwrap();
     let call = format!("EXECUTE read(1, '{xmax}', '{xip}', NULL, {ALL_PARTS}, 500, 0, 15)");
-    let plan: Vec<String> = c
-        .query(&format!("EXPLAIN {call}"), &[])
+    let plan = first_column::<String>(&c, &format!("EXPLAIN {call}"))
         .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plan = plan.join("\n");
+        .join("\n");
     assert!(
         plan.contains("outbox_endpoint_xid"),
         "the read does not use the transaction id index:\n{plan}"
@@ -370,17 +365,12 @@ async fn endpoints_are_never_deleted_or_renumbered() {
 
 /// The buffers a statement touched, and its plan, from EXPLAIN (ANALYZE, BUFFERS).
 async fn buffers_of(c: &tokio_postgres::Client, statement: &str) -> (u64, String) {
-    let plan: Vec<String> = c
-        .query(
-            &format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {statement}"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = first_column::<String>(
+        c,
+        &format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {statement}"),
+    )
+    .await
+    .join("\n");
     let buffers = plan
         .lines()
         .find_map(|l| l.trim().strip_prefix("Buffers: shared hit="))
